@@ -1,0 +1,105 @@
+"""Command line: ``python -m sdxs_core generate ...`` and ``python -m sdxs_core info``."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SDXSError
+
+
+def _generate(args) -> int:
+    from PIL import Image
+
+    from .control import extract
+    from .loading import load_engine
+
+    engine = load_engine(args.model, controlnet=args.controlnet, lora=args.lora, lora_scale=args.lora_scale,
+                         device=args.device, dtype=args.dtype)
+    control = None
+    if args.control_image:
+        if engine.controlnet is None:
+            raise SDXSError("--control-image needs a ControlNet: pass --controlnet PATH_OR_PRESET")
+        path = Path(args.control_image)
+        if not path.is_file():
+            raise SDXSError(f"control image '{path}' does not exist")
+        control = extract(args.control_type, Image.open(path)).image
+    out = engine.generate(args.prompt, seed=args.seed, num_images=args.num_images, height=args.height,
+                          width=args.width, control_image=control, control_scale=args.control_scale,
+                          num_inference_steps=args.steps, guidance_scale=args.guidance)
+    target = Path(args.out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for i, (image, seed) in enumerate(zip(out.images, out.seeds)):
+        path = target if len(out.images) == 1 else target.with_name(f"{target.stem}-{i}{target.suffix}")
+        image.save(path)
+        print(f"{path}  seed={seed}")
+    t = out.timings
+    print(f"{engine.name}: {t.total_ms:.0f} ms total (text {t.text_ms:.0f}, control {t.control_ms:.0f}, "
+          f"unet {t.unet_ms:.0f}, decode {t.decode_ms:.0f}) on {engine.device} {str(engine.dtype).removeprefix('torch.')}")
+    return 0
+
+
+def _info(args) -> int:
+    from .devices import resolve_device, resolve_dtype
+    from .loading import hub_offline, resolve_model_dir
+    from .presets import PRESETS
+
+    device = resolve_device(args.device)
+    print(f"device: {device}  dtype: {str(resolve_dtype(device, args.dtype)).removeprefix('torch.')}  "
+          f"hub: {'offline (HF_HUB_OFFLINE)' if hub_offline() else 'online if reachable'}")
+    print(f"{'preset':32} {'kind':10} {'base':9} {'available':9} source")
+    for p in PRESETS.values():
+        try:
+            resolve_model_dir(p.name, kind=p.kind) if (p.bundled or hub_offline()) else _cached(p.source)
+            available = "yes"
+        except SDXSError:
+            available = "no"
+        print(f"{p.name:32} {p.kind:10} {p.base:9} {available:9} {p.source}")
+    return 0
+
+
+def _cached(repo_id: str) -> None:
+    """Look in the local cache only: ``info`` must never start a download."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from .errors import ModelUnavailableError
+
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise ModelUnavailableError(repo_id) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sdxs_core", description="SDXS one-step generation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate images from a prompt (and optionally a control image)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--out", required=True, help="output PNG; a batch writes OUT-0.png, OUT-1.png, ...")
+    gen.add_argument("--model", default="miniature", help="preset name, local diffusers folder or hub id")
+    gen.add_argument("--seed", type=int, default=None, help="image i uses seed + i; random if omitted")
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--controlnet", default=None, help="ControlNet folder, preset or hub id")
+    gen.add_argument("--control-image", default=None)
+    gen.add_argument("--control-type", default="canny", help="extractor applied to --control-image (canny, sketch, none)")
+    gen.add_argument("--control-scale", type=float, default=1.0)
+    gen.add_argument("--lora", default=None, help="LoRA file or folder (diffusers, PEFT or kohya)")
+    gen.add_argument("--lora-scale", type=float, default=1.0)
+    gen.add_argument("--steps", type=int, default=1, help="1 for SDXS; more only for multi-step teachers")
+    gen.add_argument("--guidance", type=float, default=0.0, help="CFG scale (0 for SDXS)")
+    info = sub.add_parser("info", help="device, dtype and which models are available locally")
+    for p in (gen, info):
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+        p.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _generate(args) if args.command == "generate" else _info(args)
+    except (SDXSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

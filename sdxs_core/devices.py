@@ -1,0 +1,32 @@
+"""Device and dtype policy: CUDA + fp16 where available, otherwise CPU + fp32 (fp16 matmuls on a
+CPU are slow and bf16 is unsupported on many CPUs); both overridable."""
+
+import torch
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine; use 'cpu'")
+    return device
+
+
+def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))}")
+    return _DTYPES[dtype]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock stage timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,385 @@
+"""The one-step engine: the only place in the product that runs a diffusion model for inference.
+
+One step at the last timestep with guidance 0 is what SDXS was trained for. The engine gives the
+same images as diffusers' ``StableDiffusionPipeline(num_inference_steps=1, guidance_scale=0)`` for
+the same seeds, while doing less per call: prompt embeddings are cached, the scheduler's single
+step is precomputed as ``latents = a * x + b * model_output``, and there is no CFG batch, safety
+checker or per-call scheduler set-up. Teachers (many steps, CFG) run through the same object.
+"""
+
+import copy
+import inspect
+import secrets
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from .devices import synchronize
+from .errors import PromptTruncatedWarning
+from .images import ImageLike, to_rgb_image
+
+MAX_SEED = 2**64 - 1
+
+
+@dataclass
+class StageTimings:
+    text_ms: float = 0.0
+    control_ms: float = 0.0  # ControlNet forward
+    unet_ms: float = 0.0
+    decode_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass
+class GenerationOutput:
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+    seeds: list[int]
+    timings: StageTimings = field(default_factory=StageTimings)
+
+
+class _Stopwatch:
+    """Adds the wall time of a ``with`` block to one field of a ``StageTimings``."""
+
+    def __init__(self, timings: StageTimings, device: torch.device):
+        self.timings, self.device = timings, device
+
+    def __call__(self, stage: str):
+        self.stage = stage
+        return self
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        setattr(self.timings, self.stage, getattr(self.timings, self.stage) + (time.perf_counter() - self.t0) * 1e3)
+
+
+def _one_step_coefficients(scheduler) -> tuple[torch.Tensor, float, float, float, float] | None:
+    """Probe the scheduler's single step as affine maps: ``model_in = c_in * x`` and
+    ``x0 = a * x + b * model_output``. Returns None when the step is not affine (clipping,
+    thresholding), in which case the engine calls ``scheduler.step`` itself."""
+    cfg = scheduler.config
+    if cfg.get("clip_sample", False) or cfg.get("thresholding", False):
+        return None
+    sched = copy.deepcopy(scheduler)
+    sched.set_timesteps(1)
+    t = sched.timesteps[:1].clone()
+    one, zero = torch.ones(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)
+
+    def probe(model_output, sample):
+        s = copy.deepcopy(sched)  # fresh step index for each probe
+        c_in = float(s.scale_model_input(one, t[0]).flatten()[0])
+        return c_in, float(s.step(model_output, t[0], sample, return_dict=False)[0].flatten()[0])
+
+    c_in, a = probe(zero, one)
+    _, b = probe(one, zero)
+    return t, float(sched.init_noise_sigma), c_in, a, b
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+class OneStepEngine:
+    """Text-to-image and ControlNet image-to-image in one U-Net evaluation.
+
+    Thread-safe for concurrent ``generate`` calls (the app serves several sessions); LoRA and
+    ControlNet changes are global to the engine.
+    """
+
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet=None,
+                 name: str = "model", prompt_cache_size: int = 128):
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.scheduler, self.name = scheduler, name
+        self.controlnet = None
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.control_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor,
+                                                   do_convert_rgb=True, do_normalize=False)
+        self._one_step = _one_step_coefficients(scheduler)
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._prompt_cache_size = prompt_cache_size
+        self._noise_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loras: dict[str, float] = {}
+        for module in (text_encoder, unet, vae):
+            module.eval().requires_grad_(False)
+        if controlnet is not None:
+            self.set_controlnet(controlnet)
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def default_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be a multiple of this (VAE factor x U-Net downsamplings)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def loras(self) -> dict[str, float]:
+        return dict(self._loras)
+
+    # ---- components ---------------------------------------------------------------------------
+    def set_controlnet(self, controlnet) -> None:
+        from .loading import check_controlnet_fits
+
+        if controlnet is not None:
+            check_controlnet_fits(controlnet, self.unet)
+            controlnet.eval().requires_grad_(False)
+        self.controlnet = controlnet
+
+    def load_lora(self, source, scale: float = 1.0, adapter_name: str | None = None) -> str:
+        """Add a LoRA (diffusers / PEFT / kohya file, folder, preset or hub id) and activate it."""
+        from pathlib import Path
+
+        from .loading import resolve_model_dir
+        from .lora import apply_lora
+
+        path = Path(source) if Path(str(source)).exists() else resolve_model_dir(source, kind="lora")[0]
+        with self._lock:
+            name = adapter_name or f"lora_{len(self._loras)}"
+            if name in self._loras:
+                raise ValueError(f"a LoRA named {name!r} is already loaded; unload it first")
+            apply_lora(self.unet, path, name)
+            self.unet.to(self.device, self.dtype)
+            self._loras[name] = float(scale)
+            self._apply_lora_scales()
+        return name
+
+    def set_lora_scale(self, name: str, scale: float) -> None:
+        with self._lock:
+            if name not in self._loras:
+                raise KeyError(f"no LoRA named {name!r}; loaded: {sorted(self._loras)}")
+            self._loras[name] = float(scale)
+            self._apply_lora_scales()
+
+    def unload_lora(self, name: str | None = None) -> None:
+        with self._lock:
+            names = list(self._loras) if name is None else [name]
+            for n in names:
+                if n not in self._loras:
+                    raise KeyError(f"no LoRA named {n!r}; loaded: {sorted(self._loras)}")
+                self.unet.delete_adapters(n)
+                del self._loras[n]
+            self._apply_lora_scales()
+
+    def _apply_lora_scales(self) -> None:
+        if self._loras:
+            self.unet.set_adapters(list(self._loras), list(self._loras.values()))
+
+    # ---- steps ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """``[N, L, D]`` text embeddings; each distinct prompt is encoded once and cached."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            limit = self.tokenizer.model_max_length
+            ids = self.tokenizer(missing, padding="max_length", max_length=limit, truncation=True,
+                                 return_tensors="pt").input_ids
+            for p in missing:
+                n_tokens = len(self.tokenizer(p, truncation=False).input_ids)
+                if n_tokens > limit:
+                    warnings.warn(f"prompt has {n_tokens} tokens; the text encoder reads {limit}, so it was "
+                                  f"truncated: {p[:60]!r}...", PromptTruncatedWarning, stacklevel=3)
+            use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+            mask = (ids != self.tokenizer.pad_token_id).long().to(self.device) if use_mask else None
+            embeds = self.text_encoder(ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
+            with self._lock:
+                for p, e in zip(missing, embeds):
+                    self._prompt_cache[p] = e
+                while len(self._prompt_cache) > self._prompt_cache_size:
+                    self._prompt_cache.popitem(last=False)
+        with self._lock:
+            for p in prompts:
+                if p in self._prompt_cache:
+                    self._prompt_cache.move_to_end(p)
+            cached = [self._prompt_cache.get(p) for p in prompts]
+        if any(c is None for c in cached):  # evicted by a concurrent call: encode again
+            return self.encode_prompt(prompts)
+        return torch.stack(cached)
+
+    def make_noise(self, seeds: list[int], height: int, width: int,
+                   generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """Initial latents, one CPU generator per seed (so image i does not depend on the batch)."""
+        shape = (1, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        gens = generators or [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        return torch.cat([randn_tensor(shape, generator=g, device=self.device, dtype=self.dtype) for g in gens])
+
+    def _fixed_noise(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
+        key = (tuple(seeds), height, width, self.dtype)
+        with self._lock:
+            noise = self._noise_cache.get(key)
+        if noise is None:
+            noise = self.make_noise(seeds, height, width)
+            with self._lock:
+                self._noise_cache[key] = noise
+                while len(self._noise_cache) > 16:
+                    self._noise_cache.popitem(last=False)
+        return noise
+
+    def prepare_control(self, image: ImageLike | list[ImageLike], batch: int, height: int, width: int) -> torch.Tensor:
+        """``[N, 3, H, W]`` in [0, 1]: any mode or size in, converted to RGB and resized."""
+        images = image if isinstance(image, list) else [image]
+        if len(images) not in (1, batch):
+            raise ValueError(f"got {len(images)} control images for a batch of {batch}; pass one or {batch}")
+        pil = [to_rgb_image(im) for im in images]
+        cond = self.control_processor.preprocess(pil, height=height, width=width).to(dtype=torch.float32)
+        if cond.shape[0] == 1:
+            cond = cond.repeat_interleave(batch, dim=0)
+        return cond.to(self.device, self.dtype)
+
+    def _denoise(self, x, t, embeds, control, control_scale, timings):
+        """One network evaluation: ControlNet residuals (if any) then the U-Net."""
+        clock = _Stopwatch(timings, self.device)
+        down = mid = None
+        if control is not None:
+            with clock("control_ms"):
+                down, mid = self.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=control,
+                                            conditioning_scale=control_scale, return_dict=False)
+        with clock("unet_ms"):
+            return self.unet(x, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid, return_dict=False)[0]
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [0, 1], ``[N, 3, H, W]`` float32."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        image = self.vae.decode(latents.to(vae_dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    # ---- the call -------------------------------------------------------------------------------
+    def check_inputs(self, prompts, seeds, height, width, control_image, num_inference_steps):
+        if any(not isinstance(p, str) for p in prompts):
+            raise TypeError("prompt must be a string or a list of strings")
+        for s in seeds:
+            if not _is_int(s):
+                raise TypeError(f"seed must be an integer, got {s!r}")
+            if not 0 <= int(s) <= MAX_SEED:
+                raise ValueError(f"seed {s} is out of range: use 0 <= seed <= 2**64 - 1")
+        m = self.size_multiple
+        for side, v in (("height", height), ("width", width)):
+            if not isinstance(v, int) or v < m or v % m:
+                near = max(m, round(v / m) * m) if isinstance(v, (int, float)) else self.default_size
+                raise ValueError(f"{side}={v} is not a positive multiple of {m} for this model; try {near}")
+        if control_image is not None and self.controlnet is None:
+            raise ValueError("a control image was given but no ControlNet is loaded")
+        if control_image is None and self.controlnet is not None:
+            raise ValueError("this engine has a ControlNet loaded: pass a control image")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+
+    @torch.inference_mode()
+    def generate(self, prompt: str | list[str], *, seed: int | list[int] | None = None,
+                 num_images: int | None = None, height: int | None = None, width: int | None = None,
+                 control_image: ImageLike | list[ImageLike] | None = None, control_scale: float = 1.0,
+                 noise: torch.Tensor | None = None, fixed_noise: bool = False,
+                 num_inference_steps: int = 1, guidance_scale: float = 0.0, negative_prompt: str = "",
+                 output_type: str = "pil") -> GenerationOutput:
+        """Generate images. ``seed`` may be one int (image i gets ``seed + i``) or one per image;
+        ``noise`` overrides seeds with explicit initial latents; ``fixed_noise`` reuses cached
+        latents for the same seeds (the live loop). Many steps / CFG are for teachers."""
+        timings = StageTimings()
+        clock = _Stopwatch(timings, self.device)
+        start = time.perf_counter()
+
+        # 1. check inputs
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        n = num_images or (len(seed) if isinstance(seed, list) else len(prompts))
+        if len(prompts) == 1:
+            prompts = prompts * n
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts for {n} images: pass one prompt or one per image")
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i if _is_int(seed) else seed for i in range(n)]
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} images: pass one seed or one per image")
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        self.check_inputs(prompts, seeds, height, width, control_image, num_inference_steps)
+        seeds = [int(s) for s in seeds]
+
+        # 2. encode prompt
+        with clock("text_ms"):
+            embeds = self.encode_prompt(prompts)
+        cfg = guidance_scale > 1.0
+        if cfg:
+            embeds = torch.cat([self.encode_prompt([negative_prompt] * n), embeds])
+
+        # 3. prepare latents and control
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # also drive stochastic samplers
+        if noise is not None:
+            latents = noise.to(self.device, self.dtype)
+        elif fixed_noise:
+            latents = self._fixed_noise(seeds, height, width)
+        else:
+            latents = self.make_noise(seeds, height, width, generators)
+        control = None
+        if control_image is not None:
+            control = self.prepare_control(control_image, n, height, width)
+            control = torch.cat([control] * 2) if cfg else control
+
+        # 4. denoise
+        if num_inference_steps == 1 and not cfg and self._one_step is not None:
+            t, init_sigma, c_in, a, b = self._one_step
+            x = latents * init_sigma
+            out = self._denoise(x * c_in, t.to(self.device), embeds, control, control_scale, timings)
+            latents = a * x + b * out
+        else:
+            latents = self._sample(latents, embeds, control, control_scale, num_inference_steps,
+                                   guidance_scale, cfg, generators, timings)
+
+        # 5. decode
+        if output_type == "latent":
+            images = latents
+        else:
+            with clock("decode_ms"):
+                images = self.decode(latents)
+            images = self._postprocess(images, output_type)
+        timings.total_ms = (time.perf_counter() - start) * 1e3
+        return GenerationOutput(images=images, seeds=seeds, timings=timings)
+
+    def _sample(self, latents, embeds, control, control_scale, steps, guidance_scale, cfg, generators, timings):
+        """The general multi-step loop with the model's own scheduler (teachers, baselines)."""
+        scheduler = copy.deepcopy(self.scheduler)  # schedulers are stateful; keep calls independent
+        scheduler.set_timesteps(steps, device=self.device)
+        step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        latents = latents * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x = torch.cat([latents] * 2) if cfg else latents
+            x = scheduler.scale_model_input(x, t)
+            out = self._denoise(x, t, embeds, control, control_scale, timings)
+            if cfg:
+                uncond, cond = out.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            latents = scheduler.step(out, t, latents, **step_kwargs, return_dict=False)[0]
+        return latents
+
+    @staticmethod
+    def _postprocess(images: torch.Tensor, output_type: str):
+        if output_type == "pt":
+            return images
+        arr = images.permute(0, 2, 3, 1).cpu().numpy()  # [N, H, W, 3]
+        if output_type == "np":
+            return arr
+        if output_type == "pil":
+            return [Image.fromarray(a) for a in (arr * 255).round().astype(np.uint8)]
+        raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
