@@ -61,7 +61,8 @@ def build_engine(model: str | None, smoke: bool, device: torch.device, dtype: to
     if model:
         return load_engine(model, device=device, dtype=dtype)
     if smoke:
-        components = {k: getattr(build_tiny_pipeline(), k) for k in ("tokenizer", "text_encoder", "unet", "vae", "scheduler")}
+        pipe = build_tiny_pipeline()
+        components = {k: getattr(pipe, k) for k in ("tokenizer", "text_encoder", "unet", "vae", "scheduler")}
     else:
         components = random_sdxs512_components()
     level = dlogging.get_verbosity()
@@ -128,7 +129,8 @@ def main(argv=None):
     parser.add_argument("--dtype", default=None, help="fp32 / fp16 / bf16 (default fp32 on CPU, fp16 on CUDA)")
     parser.add_argument("--height", type=int, default=None, help="default 512 (64 with --smoke)")
     parser.add_argument("--width", type=int, default=None, help="default 512 (64 with --smoke)")
-    parser.add_argument("--runs", type=int, default=None, help="timed runs per row, after 1 warm-up (default 5, 2 with --smoke)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="timed runs per row, after 1 warm-up (default 5, 2 with --smoke)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default benchmarks/results/latency_<device>.json; none with --smoke)")

@@ -100,6 +100,8 @@ class OneStepEngine:
                  name: str = "model", prompt_cache_size: int = 128):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.scheduler, self.name = scheduler, name
+        # diffusers' ModelMixin.device/.dtype walk every module (~1.5 ms each): read them once
+        self._device, self._dtype = unet.device, unet.dtype
         self.controlnet = None
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.control_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor,
@@ -118,11 +120,11 @@ class OneStepEngine:
     # ---- properties -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self._dtype
 
     @property
     def default_size(self) -> int:
@@ -281,8 +283,6 @@ class OneStepEngine:
                 raise ValueError(f"{side}={v} is not a positive multiple of {m} for this model; try {near}")
         if control_image is not None and self.controlnet is None:
             raise ValueError("a control image was given but no ControlNet is loaded")
-        if control_image is None and self.controlnet is not None:
-            raise ValueError("this engine has a ControlNet loaded: pass a control image")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
 
@@ -295,7 +295,8 @@ class OneStepEngine:
                  output_type: str = "pil") -> GenerationOutput:
         """Generate images. ``seed`` may be one int (image i gets ``seed + i``) or one per image;
         ``noise`` overrides seeds with explicit initial latents; ``fixed_noise`` reuses cached
-        latents for the same seeds (the live loop). Many steps / CFG are for teachers."""
+        latents for the same seeds (the live loop). Without ``control_image`` an attached ControlNet
+        is skipped (plain text-to-image). Many steps / CFG are for teachers."""
         timings = StageTimings()
         clock = _Stopwatch(timings, self.device)
         start = time.perf_counter()

@@ -67,11 +67,16 @@ def read_lora(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict 
 
 def check_lora_fits(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Every LoRA pair must target an existing layer with matching in/out widths."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    state = convert_unet_state_dict_to_peft(dict(state))  # old "to_k_lora.down" names -> "to_k.lora_A"
     modules = dict(unet.named_modules())
     bad_width, missing = [], []
     for key, tensor in state.items():
         down, up = _DOWN.match(key), _UP.match(key)
         if not (down or up):
+            if key.endswith(".weight") and "lora" in key:
+                missing.append(key)  # a LoRA weight we cannot place: refuse rather than load it blind
             continue
         name = (down or up)["module"]
         layer = modules.get(name)

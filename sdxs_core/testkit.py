@@ -64,16 +64,24 @@ def write_tiny_pipeline(out: str | Path, seed: int = 0, cross_attention_dim: int
 
 
 def write_tiny_controlnet(pipeline_dir: str | Path, out: str | Path, seed: int = 1) -> Path:
-    """A ControlNet for the tiny pipeline's U-Net, with non-zero output convs so it visibly acts."""
+    """A ControlNet for the tiny pipeline's U-Net that visibly reacts to its control image.
+
+    Random default init shrinks the control signal ~1000x through the condition encoder, so the
+    encoder is He-initialised, the latent input quietened and the zero convs given weights:
+    moving a square in the control image then moves the output by several grey levels.
+    """
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(Path(pipeline_dir) / "unet")
     torch.manual_seed(seed)
     controlnet = build_controlnet(unet, vae_scale_factor=8)
     with torch.no_grad():
+        for module in controlnet.controlnet_cond_embedding.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight)
+        controlnet.conv_in.weight.mul_(0.1)
         for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
             block.weight.normal_(0, 0.1)
-        controlnet.controlnet_cond_embedding.conv_out.weight.normal_(0, 0.1)
     controlnet.save_pretrained(out, safe_serialization=True)
     return Path(out)
 

@@ -195,3 +195,20 @@ def test_controlnet_for_another_base_fails_cleanly(tiny_dir, other_base_dir, tmp
     foreign = write_tiny_controlnet(other_base_dir, tmp_path / "foreign-cn")
     with pytest.raises(IncompatibleWeightsError, match="cross-attention width 48"):
         load_engine(tiny_dir, controlnet=foreign, device="cpu")
+
+
+def test_kohya_lora_for_another_base_fails_cleanly(other_base_dir, tmp_path, engine):
+    foreign = write_tiny_lora(other_base_dir, tmp_path / "foreign-k")
+    kohya = tmp_path / "foreign-kohya.safetensors"
+    _write_kohya_copy(foreign, kohya)
+    with pytest.raises(IncompatibleWeightsError, match="cross-attention width 48"):
+        engine.load_lora(kohya)
+    assert engine.loras == {}
+
+
+def test_attached_controlnet_is_skipped_without_control_image(tiny_dir, tiny_controlnet_dir, engine):
+    plain = engine.generate("a", seed=3, output_type="np", **SIZE).images
+    with_cn = load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu")
+    out = with_cn.generate("a", seed=3, output_type="np", **SIZE)
+    np.testing.assert_allclose(out.images, plain, atol=1e-6)
+    assert out.timings.control_ms == 0.0

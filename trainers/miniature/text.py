@@ -22,7 +22,7 @@ BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 MAX_LENGTH = 77
 SUFFIX = "</w>"
-DEFAULT_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "miniature", "tokenizer")
+DEFAULT_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "assets", "miniature", "tokenizer"))
 # CLIP's own word split; copied so the trainer sees exactly the pieces CLIPTokenizer will see.
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_tokenizer()
     save_tokenizer(tokenizer, args.out)
     words = caption_words()
-    print(f"wrote {os.path.normpath(args.out)}: {len(tokenizer)} tokens, {len(words)} caption words, all single tokens")
+    print(f"wrote {args.out}: {len(tokenizer)} tokens, {len(words)} caption words, all single tokens")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,11 @@ def is_held_out(spec: SceneSpec) -> bool:
     return _held_out(spec.combination())
 
 
+def _canonical_key(key: tuple[str, ...]) -> tuple[str, ...]:
+    s1, c1, r, s2, c2 = key
+    return (s2, c2, INVERSE_RELATION[r], s1, c1) if r in ("below", "right of") else key
+
+
 @lru_cache(maxsize=None)
 def combinations(split: str) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]:
     """(one-object, two-object) caption-order combinations of a split; two identical objects are excluded."""
@@ -157,11 +162,6 @@ def combinations(split: str) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[s
     one = [k for k in one if _held_out(k) == want]
     two = [k for k in two if _held_out(_canonical_key(k)) == want]
     return tuple(one), tuple(two)
-
-
-def _canonical_key(key: tuple[str, ...]) -> tuple[str, ...]:
-    s1, c1, r, s2, c2 = key
-    return (s2, c2, INVERSE_RELATION[r], s1, c1) if r in ("below", "right of") else key
 
 
 @lru_cache(maxsize=None)

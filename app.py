@@ -1,0 +1,268 @@
+"""SDXS Studio in the browser: text-to-image as you type, a live webcam loop and a sketch pad.
+
+    python app.py                                    # bundled miniature model (or a random tiny one)
+    python app.py --model sdxs-512-dreamshaper --controlnet sdxs-512-dreamshaper-sketch --device cuda
+    python app.py --host 0.0.0.0 --ssl-certfile cert.pem --ssl-keyfile key.pem   # webcams on other machines
+
+This file is wiring only: models, switching and generation live in ``sdxs_core.studio`` and the
+live loop in ``sdxs_core.stream``. Browsers need HTTPS (or localhost) to open a webcam.
+"""
+
+import argparse
+from dataclasses import asdict
+
+import gradio as gr
+
+from sdxs_core.control import EXTRACTORS
+from sdxs_core.errors import SDXSError
+from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats
+from sdxs_core.studio import STYLES, ModelHub, TextRequest, sketch_to_control, text_to_image
+
+DEFAULT_PROMPT = "a red heart above a blue star on a white background"
+STREAM_EVERY_S = 0.05  # the browser offers a frame every 50 ms; the server takes the newest when free
+LIVE_STREAMS = 2  # webcams served at once: a stream holds its slot until stopped or timed out
+LIVE_TIME_LIMIT_S = 300  # one stream's turn, so a queued webcam waits at most this long
+ENGINE_SLOTS = 2  # concurrent request/response generations (text, sketch, API), apart from streams
+IMAGE_HEIGHT = 400  # px; small models' frames (64x64) are scaled up to this
+CSS = """
+#live-readout, #t2i-info, #sketch-info { font-variant-numeric: tabular-nums; }
+#live-out img, #live-control img, #sketch-out img { width: 100%; height: 100%; object-fit: contain; }
+#banner { border-left: 4px solid var(--color-accent); padding-left: 0.75em; }
+"""
+
+
+def launch_options() -> dict:
+    """Theme and CSS (Gradio 6 takes them in ``launch``); system fonts, so nothing is fetched."""
+    theme = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
+                           font_mono=["ui-monospace", "monospace"])
+    return {"theme": theme, "css": CSS}
+
+
+# ---- text shown to the user ---------------------------------------------------------------------
+def timing_line(t, n: int) -> str:
+    return (f"**{n} image{'s' if n > 1 else ''} in {t.total_ms:.0f} ms** ({t.total_ms / n:.0f} ms/image) · "
+            f"text {t.text_ms:.0f} · control {t.control_ms:.0f} · U-Net {t.unet_ms:.0f} · "
+            f"decode {t.decode_ms:.0f} ms")
+
+
+def live_readout(result: FrameResult, stats: LiveStats, params: LiveParams) -> str:
+    s = result.stages_ms
+    stages = " · ".join(f"{name.removesuffix('_ms')} {s[name]:.0f}" for name in STAGES[:-1])
+    source = "static frame, last output reused" if result.reused else f"server {s['total_ms']:.0f} ms: {stages} ms"
+    return (f"**{stats.fps:.1f} fps** · latency {result.latency_ms:.0f} ms (avg {stats.latency_ms:.0f}) · "
+            f"control **{params.control_type}** · {source}\n\n"
+            f"{stats.generated} generated · {stats.reused} static reused · {stats.superseded} superseded")
+
+
+def catalogue(hub: ModelHub) -> str:
+    rows = ["| kind | entry | made for | fits the loaded base |", "|---|---|---|---|"]
+    for kind in ("controlnet", "lora"):
+        for e in hub.entries(kind):
+            rows.append(f"| {kind} | {e.label} | {e.base or '?'} | {'yes' if hub.fits(e) else 'no'} |")
+    if len(rows) == 2:
+        rows.append("| | no ControlNets or LoRAs found under outputs/ or assets/ | | |")
+    return "\n".join(rows)
+
+
+# ---- the page -------------------------------------------------------------------------------------
+def build_demo(hub: ModelHub) -> gr.Blocks:
+    """The Blocks app over one ``ModelHub``; every handler delegates to sdxs_core."""
+    engine_queue = dict(concurrency_id="engine", concurrency_limit=ENGINE_SLOTS)
+
+    def run_live(session: LiveSession, frame, params: LiveParams) -> FrameResult | None:
+        with hub.using() as engine:
+            return session.process(engine, frame, params)
+
+    def generate(prompt, style, seed, randomize, num_images):
+        try:
+            out = text_to_image(hub, TextRequest(prompt or "", style, int(seed or 0), bool(randomize), int(num_images)))
+        except (SDXSError, ValueError) as e:
+            gr.Warning(str(e))
+            return gr.skip(), f"⚠️ {e}"
+        per_image = out.timings.total_ms / len(out.images)
+        gallery = [(im, f"seed {s} · {per_image:.0f} ms") for im, s in zip(out.images, out.seeds)]
+        return gallery, timing_line(out.timings, len(out.images))
+
+    def live(frame, prompt, control_type, strength, seed, session: LiveSession, always_images: bool):
+        if frame is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            params = LiveParams(prompt or "", control_type, float(strength), int(seed or 0))
+            result = run_live(session, frame, params)
+        except (SDXSError, ValueError) as e:
+            return gr.skip(), gr.skip(), f"⚠️ {e}", gr.skip()
+        if result is None:  # superseded by a newer frame of this session
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        stats = session.stats()
+        fresh = always_images or not result.reused
+        return (result.image if fresh else gr.skip(), result.control if fresh else gr.skip(),
+                live_readout(result, stats, params),
+                {"stages_ms": result.stages_ms, "latency_ms": result.latency_ms, "frame_reused": result.reused,
+                 **asdict(stats)})
+
+    def sketch(canvas, prompt, strength, seed, session: LiveSession):
+        control = sketch_to_control(canvas)
+        if control is None:
+            return gr.skip(), "Draw on the pad: every stroke regenerates."
+        try:
+            params = LiveParams(prompt or "", "none", float(strength), int(seed or 0))
+            result = run_live(session, control, params)
+        except (SDXSError, ValueError) as e:
+            return gr.skip(), f"⚠️ {e}"
+        if result is None:
+            return gr.skip(), gr.skip()
+        s = result.stages_ms
+        return result.image, (f"**{s['total_ms']:.0f} ms** · control {s['control_ms']:.0f} · "
+                              f"U-Net {s['unet_ms']:.0f} · decode {s['decode_ms']:.0f} ms")
+
+    def model_view(notice: str = ""):
+        """Everything that depends on the loaded model, for this session's page."""
+        return (hub.status() + (f"\n\n{notice}" if notice else ""),
+                gr.update(choices=hub.choices("pipeline"), value=hub.model_key),
+                gr.update(choices=[("none", "none"), *hub.choices("controlnet")], value=hub.controlnet_key or "none"),
+                gr.update(choices=[("none", "none"), *hub.choices("lora")], value=hub.lora_key or "none"),
+                catalogue(hub))
+
+    def load_model(key):
+        return model_view(hub.load_model(key))
+
+    def rescan():
+        hub.rescan()
+        return model_view("Rescanned outputs/ and assets/.")
+
+    with gr.Blocks(title="SDXS Studio", delete_cache=(60, 300)) as demo:
+        gr.Markdown("# SDXS Studio\nOne-step diffusion in real time: type, film or draw.")
+        banner = gr.Markdown(hub.status(), elem_id="banner")
+
+        with gr.Tab("Text to image"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, placeholder="Describe the image")
+                    with gr.Row():
+                        style = gr.Dropdown(list(STYLES), value="none", label="Style")
+                        num_images = gr.Slider(1, 8, value=4, step=1, label="Images")
+                    with gr.Row():
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                        randomize = gr.Checkbox(False, label="New random seed every time")
+                    with gr.Row():
+                        lora = gr.Dropdown([("none", "none"), *hub.choices("lora")], value=hub.lora_key or "none",
+                                           label="LoRA (fits this model)")
+                        lora_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
+                with gr.Column(scale=3):
+                    gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain")
+                    t2i_info = gr.Markdown(elem_id="t2i-info")
+
+        with gr.Tab("Live"):
+            with gr.Row():
+                webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
+                                  height=IMAGE_HEIGHT, webcam_options=gr.WebcamOptions(mirror=True, constraints={
+                                      "video": {"width": {"ideal": 512}, "height": {"ideal": 512}}}))
+                live_out = gr.Image(label="Generated", streaming=True, format="jpeg", interactive=False,
+                                    height=IMAGE_HEIGHT, elem_id="live-out")
+                live_control = gr.Image(label="Control map", format="jpeg", interactive=False,
+                                        height=IMAGE_HEIGHT, elem_id="live-control")
+            readout = gr.Markdown("Allow the webcam and press record: FPS and latency appear here.",
+                                  elem_id="live-readout")
+            with gr.Row():
+                live_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3)
+                control_type = gr.Radio(list(EXTRACTORS), value="canny", label="Control")
+                strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Control strength")
+                live_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            live_state = gr.State(LiveSession())
+            live_api = gr.Button(visible=False)
+            live_json = gr.JSON(visible=False)
+
+        with gr.Tab("Sketch"):
+            with gr.Row():
+                pad = gr.Sketchpad(type="numpy", canvas_size=(512, 512), label="Draw (black on white)",
+                                   brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"),
+                                   layers=False, transforms=(), height=IMAGE_HEIGHT, elem_id="sketch-pad")
+                sketch_out = gr.Image(label="Generated", format="jpeg", interactive=False, height=IMAGE_HEIGHT,
+                                      elem_id="sketch-out")
+            sketch_info = gr.Markdown("Draw on the pad: every stroke regenerates.", elem_id="sketch-info")
+            with gr.Row():
+                sketch_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3)
+                sketch_strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Sketch strength")
+                sketch_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            sketch_state = gr.State(LiveSession())
+
+        with gr.Tab("Models"):
+            gr.Markdown("Models, ControlNets and LoRAs come from the presets and from folders under "
+                        "`outputs/` and `assets/` (trainer runs included). Only entries that fit the loaded "
+                        "base are offered.")
+            with gr.Row():
+                model = gr.Dropdown(hub.choices("pipeline"), value=hub.model_key, label="Base model", scale=3)
+                load = gr.Button("Load", variant="primary")
+                rescan_btn = gr.Button("Rescan folders")
+            controlnet = gr.Dropdown([("none", "none"), *hub.choices("controlnet")],
+                                     value=hub.controlnet_key or "none", label="ControlNet (fits this model)")
+            table = gr.Markdown()
+
+        # ---- events ----
+        t2i_inputs = [prompt, style, seed, randomize, num_images]
+        model_outputs = [banner, model, controlnet, lora, table]
+        prompt.change(generate, t2i_inputs, [gallery, t2i_info], trigger_mode="always_last",
+                      show_progress="minimal", api_name="generate", **engine_queue)
+        gr.on([style.input, seed.input, randomize.input, num_images.release], generate, t2i_inputs,
+              [gallery, t2i_info], trigger_mode="always_last", show_progress="minimal",
+              api_visibility="private", **engine_queue)
+        lora.input(lambda key, scale: model_view(hub.set_lora(key, scale)), [lora, lora_scale], model_outputs,
+                   api_name="set_lora").then(generate, t2i_inputs, [gallery, t2i_info], api_visibility="private",
+                                              **engine_queue)
+        lora_scale.release(hub.set_lora_scale, lora_scale, None, api_visibility="private").then(
+            generate, t2i_inputs, [gallery, t2i_info], api_visibility="private", **engine_queue)
+
+        live_inputs = [webcam, live_prompt, control_type, strength, live_seed, live_state]
+        webcam.stream(lambda *a: live(*a, always_images=False)[:3], live_inputs, [live_out, live_control, readout],
+                      stream_every=STREAM_EVERY_S, time_limit=LIVE_TIME_LIMIT_S, show_progress="hidden",
+                      api_visibility="private", concurrency_id="live", concurrency_limit=LIVE_STREAMS)
+        live_api.click(lambda *a: live(*a, always_images=True), live_inputs,
+                       [live_out, live_control, readout, live_json], api_name="live_frame", **engine_queue)
+
+        pad.change(sketch, [pad, sketch_prompt, sketch_strength, sketch_seed, sketch_state],
+                   [sketch_out, sketch_info], trigger_mode="always_last", show_progress="hidden",
+                   api_name="sketch", **engine_queue)
+
+        load.click(load_model, model, model_outputs, api_name="load_model")
+        rescan_btn.click(rescan, None, model_outputs, api_name="rescan")
+        controlnet.input(lambda key: model_view(hub.set_controlnet(key)), controlnet, model_outputs,
+                         api_name="set_controlnet")
+        demo.load(model_view, None, model_outputs, api_visibility="private").then(
+            generate, t2i_inputs, [gallery, t2i_info], api_visibility="private", **engine_queue)
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None,
+                        help="preset, local diffusers folder or hub id (default: the bundled miniature model, "
+                             "or a random tiny test model when it is not installed)")
+    parser.add_argument("--controlnet", default=None,
+                        help="ControlNet preset, folder or hub id (default: the first local one that fits)")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (use HTTPS for webcams)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
+    parser.add_argument("--ssl-certfile", default=None)
+    parser.add_argument("--ssl-keyfile", default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    args = parser.parse_args(argv)
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        parser.error("--ssl-certfile and --ssl-keyfile go together")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    hub = ModelHub(device=args.device, dtype=args.dtype)
+    notice = hub.start(args.model or hub.default_model(), controlnet=args.controlnet)
+    print(notice.replace("**", ""))
+    demo = build_demo(hub)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                ssl_verify=not args.ssl_certfile,  # an operator's own certificate is usually self-signed
+                **launch_options())
+
+
+if __name__ == "__main__":
+    main()

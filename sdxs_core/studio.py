@@ -1,0 +1,459 @@
+"""The app's model holder: which models exist, which one is loaded, and safe switching between them.
+
+A browser never names a path. The server discovers what it offers (presets, and diffusers
+folders, ControlNets and LoRAs under ``outputs/`` and ``assets/``) and the client picks one of
+those entries by key; anything else is refused without touching the filesystem. Only the
+operator, on the command line, may point at an arbitrary path.
+
+Fit is decided from configs and safetensors headers (no weights are loaded): a ControlNet fits
+when its cross-attention width and block layout equal the U-Net's; a LoRA fits when every layer
+it targets exists in the U-Net with the same widths.
+
+Generations from many sessions run concurrently; a model, ControlNet or LoRA switch waits for
+them to finish and holds new ones back until it is done.
+"""
+
+import json
+import secrets
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .devices import resolve_device, resolve_dtype
+from .errors import IncompatibleWeightsError, ModelUnavailableError, SDXSError
+from .images import ImageLike, to_rgb_array
+from .loading import load_controlnet, load_engine
+from .presets import ASSETS, PRESETS
+
+ROOT = ASSETS.parent
+OUTPUTS = ROOT / "outputs"
+MAX_DEPTH = 4  # trainer runs nest a few levels (run/checkpoint-N/...); deeper trees are not scanned
+LORA_NAME = "studio"
+
+STYLES = {
+    "none": "",
+    "photo": ", photograph, 35mm, natural light, sharp focus",
+    "cinematic": ", cinematic film still, dramatic lighting, shallow depth of field",
+    "watercolor": ", watercolor painting, soft washes, paper texture",
+    "anime": ", anime illustration, clean line art, vivid colors",
+    "3d render": ", 3d render, soft global illumination, studio lighting",
+    "pixel art": ", pixel art, 16-bit, crisp pixels",
+}
+
+TINY_NOTE = ("This is a **random tiny test model** (64x64, untrained): its images are noise. "
+             "Install the miniature model (assets/miniature/sdxs) or start with "
+             "`--model sdxs-512-dreamshaper --controlnet sdxs-512-dreamshaper-sketch` on a machine with the weights.")
+
+
+@dataclass(frozen=True)
+class BaseShape:
+    """The U-Net layout an adapter must match."""
+
+    cross_attention_dim: int
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "BaseShape":
+        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
+        return cls(int(get("cross_attention_dim")), tuple(get("block_out_channels")), int(get("layers_per_block")))
+
+    def __str__(self) -> str:
+        return f"cross-attn {self.cross_attention_dim}, blocks {'/'.join(map(str, self.block_out_channels))}"
+
+
+# The released SDXS U-Nets (from their config.json), so hub adapters can be matched against a base
+# loaded from any local copy without downloading anything.
+FAMILY_SHAPES = {"sd1.5": BaseShape(768, (320, 640, 1280), 1), "sd2.1": BaseShape(1024, (320, 640, 1280), 1)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str  # the only thing a client sends: a preset name or "outputs/..." / "assets/..."
+    kind: str  # "pipeline" | "controlnet" | "lora"
+    source: str  # what the loaders get: a preset name, hub id or absolute local path
+    label: str
+    base: str  # the base it was made for, as people read it
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _lora_key_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor names and shapes of a LoRA from its safetensors header, or None if not a LoRA."""
+    from safetensors import safe_open
+
+    file = path / "adapter_model.safetensors" if path.is_dir() else path
+    try:
+        with safe_open(str(file), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception:  # safetensors raises its own error type for truncated or foreign files
+        return None
+    return shapes if any("lora" in k for k in shapes) else None
+
+
+def _lora_cross_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
+    for key, shape in shapes.items():
+        if "attn2.to_k" in key and ("lora_A" in key or "down" in key):
+            return shape[-1]
+    return None
+
+
+def lora_fits(unet, source: str) -> bool:
+    """Check a local LoRA against ``unet`` exactly as loading would, from shapes alone."""
+    from .lora import check_lora_fits, read_lora
+
+    path = Path(source)
+    shapes = _lora_key_shapes(path)
+    if shapes is None:
+        return False
+    prefixes = ("unet.", "base_model.model.")
+    if all(k.startswith(prefixes) for k in shapes):
+        state = {k.removeprefix("unet.").removeprefix("base_model.model."): torch.empty(s, device="meta")
+                 for k, s in shapes.items()}
+    else:  # kohya and other namings: let diffusers' converter rename the keys (LoRAs are small)
+        try:
+            state = read_lora(path)[0]
+        except SDXSError:
+            return False
+    try:
+        check_lora_fits(unet, state)
+    except IncompatibleWeightsError:
+        return False
+    return True
+
+
+def _local_path(entry: Entry) -> Path | None:
+    """Where an entry's files are on this machine; None for a hub model (cached or not)."""
+    preset = PRESETS.get(entry.source)
+    path = Path(preset.source if preset else entry.source)
+    return path if (preset is None or preset.bundled) and path.exists() else None
+
+
+def discover(search_dirs: list[Path]) -> list[Entry]:
+    """Presets plus every pipeline, ControlNet and LoRA under ``search_dirs`` (keys are
+    ``<dir name>/<relative path>``, e.g. ``outputs/my-run/final``)."""
+    entries = []
+    for p in PRESETS.values():
+        if p.bundled and not Path(p.source).exists():
+            continue
+        where = "bundled" if p.bundled else "hub"
+        entries.append(Entry(p.name, p.kind, p.name, f"{p.name} ({where})", p.base))
+    for root in search_dirs:
+        if root.is_dir():
+            entries += _scan(root, root, 0)
+    return entries
+
+
+def _scan(root: Path, folder: Path, depth: int) -> list[Entry]:
+    key = f"{root.name}/{folder.relative_to(root).as_posix()}"
+    if (folder / "model_index.json").is_file():
+        unet = _read_json(folder / "unet" / "config.json")
+        base = str(BaseShape.from_config(unet)) if unet else "unknown"
+        return [Entry(key, "pipeline", str(folder), key, base)]
+    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    if config and config.get("_class_name") == "ControlNetModel":
+        return [Entry(key, "controlnet", str(folder), key, str(BaseShape.from_config(config)))]
+    if (folder / "adapter_config.json").is_file():
+        shapes = _lora_key_shapes(folder)
+        return [Entry(key, "lora", str(folder), key, f"cross-attn {_lora_cross_dim(shapes)}")] if shapes else []
+    found = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir() and depth < MAX_DEPTH:
+            found += _scan(root, child, depth + 1)
+        elif child.suffix == ".safetensors" and (shapes := _lora_key_shapes(child)):
+            name = f"{root.name}/{child.relative_to(root).as_posix()}"
+            found.append(Entry(name, "lora", str(child), name, f"cross-attn {_lora_cross_dim(shapes)}"))
+    return found
+
+
+def ensure_tiny_model(outputs: Path = OUTPUTS) -> tuple[Path, Path]:
+    """A random tiny pipeline and its ControlNet under ``outputs/`` (written once): lets the app
+    run end to end on a fresh clone before any real model is installed."""
+    from .testkit import write_tiny_controlnet, write_tiny_pipeline
+
+    model, controlnet = outputs / "tiny-model", outputs / "tiny-model-controlnet"
+    if not (model / "model_index.json").is_file():
+        write_tiny_pipeline(model)
+    if not (controlnet / "config.json").is_file():
+        write_tiny_controlnet(model, controlnet)
+    return model, controlnet
+
+
+class _SwitchLock:
+    """Many generations at once, or one switch alone. A waiting switch holds back new
+    generations, so a busy live stream cannot starve it."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def shared(self):
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class ModelHub:
+    """Holds the loaded engine for every session of the app; never raises ``SDXSError`` to the UI:
+    each action returns a notice to show instead."""
+
+    def __init__(self, search_dirs: list[Path] | None = None, device: str | None = None, dtype: str | None = None,
+                 outputs: Path = OUTPUTS):
+        self.search_dirs = list(search_dirs) if search_dirs is not None else [OUTPUTS, ASSETS]
+        self.outputs = outputs
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(self.device, dtype)
+        self.engine = None  # OneStepEngine, replaced only under the switch lock
+        self.model_key: str | None = None
+        self.controlnet_key: str | None = None
+        self.lora_key: str | None = None
+        self.lora_scale = 1.0
+        self.notes: dict[str, str] = {}  # key -> standing notice shown while that model is loaded
+        self._operator: dict[tuple[str, str], Entry] = {}  # paths given on the command line
+        self._entries: dict[tuple[str, str], Entry] = {}
+        self._lock = _SwitchLock()
+        self.rescan()
+
+    # ---- what is offered ----------------------------------------------------------------------
+    def rescan(self) -> None:
+        found = {(e.kind, e.key): e for e in discover(self.search_dirs)}
+        self._entries = {**found, **self._operator}
+
+    def register(self, source: str, kind: str = "pipeline") -> str:
+        """Offer a model the operator named on the command line (any path or hub id); returns its key."""
+        if (kind, source) in self._entries:
+            return source
+        path = Path(source).expanduser()
+        resolved = str(path.resolve()) if path.exists() else source
+        entry = Entry(source, kind, resolved, f"{source} (command line)", "")
+        self._operator[(kind, source)] = entry
+        self._entries[(kind, source)] = entry
+        return source
+
+    def entries(self, kind: str) -> list[Entry]:
+        return [e for (k, _), e in self._entries.items() if k == kind]
+
+    @property
+    def shape(self) -> BaseShape | None:
+        return BaseShape.from_config(self.engine.unet.config) if self.engine else None
+
+    def fits(self, entry: Entry) -> bool:
+        """Whether a ControlNet or LoRA entry fits the loaded base."""
+        if self.engine is None:
+            return False
+        path = _local_path(entry)
+        if path is None:  # on the hub: judge by the family it was released for
+            return FAMILY_SHAPES.get(entry.base) == self.shape
+        if entry.kind == "controlnet":
+            config = _read_json(path / "config.json")
+            return config is not None and BaseShape.from_config(config) == self.shape
+        return lora_fits(self.engine.unet, str(path))
+
+    def choices(self, kind: str) -> list[tuple[str, str]]:
+        """Dropdown (label, key) pairs: every model, or the adapters that fit the loaded base
+        (plus the active one, which the engine accepted even if its fit could not be judged)."""
+        entries = self.entries(kind)
+        if kind != "pipeline":
+            active = self.controlnet_key if kind == "controlnet" else self.lora_key
+            entries = [e for e in entries if e.key == active or self.fits(e)]
+        return [(e.label, e.key) for e in entries]
+
+    def _lookup(self, kind: str, key) -> Entry | None:
+        return self._entries.get((kind, key)) if isinstance(key, str) else None
+
+    def _refused(self, kind: str, key) -> str:
+        return f"'{key}' is not one of the {kind}s this server offers; pick one from the list."
+
+    # ---- using the engine --------------------------------------------------------------------
+    @contextmanager
+    def using(self):
+        """The current engine, guaranteed not to be switched while the block runs."""
+        with self._lock.shared():
+            if self.engine is None:
+                raise SDXSError("no model is loaded: pick one in the Models tab")
+            yield self.engine
+
+    # ---- switching ---------------------------------------------------------------------------
+    def start(self, model: str, controlnet: str | None = None) -> str:
+        """Load the first model at launch; an unavailable one falls back to the bundled miniature
+        model (or the tiny test model when that is not installed), so the app always opens."""
+        key = model if self._lookup("pipeline", model) else self.register(model)
+        notice = self.load_model(key)
+        if self.engine is None:
+            fallback = self.default_model()
+            notice = notice.rstrip(". ") + f". Falling back to **{fallback}**. " + self.load_model(fallback)
+        cn_key = None
+        if controlnet is not None:
+            cn_key = controlnet if self._lookup("controlnet", controlnet) else self.register(controlnet, "controlnet")
+            notice += " " + self.set_controlnet(cn_key)
+        if self.model_key != key or self.controlnet_key != (cn_key or self.controlnet_key):
+            # not what the operator asked for: say why on the page, for as long as this model is loaded
+            self.notes[self.model_key] = " ".join(filter(None, [notice, self.notes.get(self.model_key)]))
+        return notice
+
+    def default_model(self) -> str:
+        """The bundled miniature model when installed, else a tiny random one (noted as such)."""
+        if (Path(PRESETS["miniature"].source) / "model_index.json").is_file():
+            return "miniature"
+        model, _ = ensure_tiny_model(self.outputs)
+        self.rescan()
+        found = [e.key for e in self.entries("pipeline") if e.source == str(model)]
+        key = found[0] if found else self.register(str(model))
+        self.notes[key] = TINY_NOTE
+        return key
+
+    def load_model(self, key) -> str:
+        entry = self._lookup("pipeline", key)
+        if entry is None:
+            return self._refused("model", key)
+        try:
+            engine = load_engine(entry.source, device=self.device, dtype=self.dtype)
+        except ModelUnavailableError as e:
+            return f"**{entry.key}** is not available offline. {e}" + self._still_using()
+        except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: torch load failures
+            return f"Could not load **{entry.key}**: {e}" + self._still_using()
+        with self._lock.exclusive():
+            previous_cn, previous_lora = self.controlnet_key, self.lora_key
+            self.engine, self.model_key, self.controlnet_key, self.lora_key = engine, entry.key, None, None
+        notice = f"Loaded **{entry.key}** ({self.shape})." + (" LoRA removed." if previous_lora else "")
+        fitting = [k for _, k in self.choices("controlnet")]
+        local = [k for k in fitting if _local_path(self._lookup("controlnet", k)) is not None]
+        pick = previous_cn if previous_cn in fitting else next(iter(local), None)
+        if pick is not None:
+            notice += " " + self.set_controlnet(pick)
+        return notice
+
+    def _still_using(self) -> str:
+        return f" Still using **{self.model_key}**." if self.engine is not None else ""
+
+    def set_controlnet(self, key) -> str:
+        """Attach a fitting ControlNet (``None`` or "none" detaches it)."""
+        if key in (None, "none"):
+            with self._lock.exclusive():
+                if self.engine is not None:
+                    self.engine.set_controlnet(None)
+                self.controlnet_key = None
+            return "ControlNet detached: live and sketch need one."
+        entry = self._lookup("controlnet", key)
+        if entry is None:
+            return self._refused("ControlNet", key)
+        if self.engine is None:
+            return "Load a model before a ControlNet."
+        try:
+            controlnet = load_controlnet(entry.source, self.device, self.dtype)
+            with self._lock.exclusive():
+                self.engine.set_controlnet(controlnet)
+                self.controlnet_key = entry.key
+        except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: torch load failures
+            return f"ControlNet **{entry.key}** not attached: {e}"
+        return f"ControlNet **{entry.key}** attached."
+
+    def set_lora(self, key, scale: float = 1.0) -> str:
+        """Make ``key`` the one active LoRA (``None`` or "none" removes it)."""
+        entry = None if key in (None, "none") else self._lookup("lora", key)
+        if key not in (None, "none") and entry is None:
+            return self._refused("LoRA", key)
+        if self.engine is None:
+            return "Load a model before a LoRA."
+        try:
+            with self._lock.exclusive():
+                if self.lora_key is not None:
+                    self.engine.unload_lora(LORA_NAME)
+                    self.lora_key = None
+                if entry is not None:
+                    self.engine.load_lora(entry.source, scale=scale, adapter_name=LORA_NAME)
+                    self.lora_key, self.lora_scale = entry.key, float(scale)
+        except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: PEFT/torch shape mismatches
+            return f"LoRA **{entry.key}** not loaded: {e}"
+        return f"LoRA **{entry.key}** at scale {scale:g}." if entry else "No LoRA."
+
+    def set_lora_scale(self, scale: float) -> None:
+        with self._lock.exclusive():
+            self.lora_scale = float(scale)
+            if self.lora_key is not None:
+                self.engine.set_lora_scale(LORA_NAME, self.lora_scale)
+
+    def status(self) -> str:
+        """One Markdown paragraph: what is loaded, on what, and any standing notice."""
+        if self.engine is None:
+            return "No model loaded."
+        text = (f"**Model** {self.model_key} ({self.shape}) · **ControlNet** {self.controlnet_key or 'none'} · "
+                f"**LoRA** {self.lora_key or 'none'} · {self.device.type} {str(self.dtype).removeprefix('torch.')}")
+        note = self.notes.get(self.model_key)
+        return f"{text}\n\n⚠️ {note}" if note else text
+
+
+# ---- generation requests ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextRequest:
+    prompt: str
+    style: str = "none"
+    seed: int = 0
+    randomize: bool = False
+    num_images: int = 1
+
+
+def text_to_image(hub: ModelHub, request: TextRequest):
+    """One-step text-to-image at the model's native size; returns the engine's ``GenerationOutput``."""
+    if request.style not in STYLES:
+        raise ValueError(f"unknown style {request.style!r}; choose one of {sorted(STYLES)}")
+    if not 1 <= request.num_images <= 16:
+        raise ValueError(f"num_images must be between 1 and 16, got {request.num_images}")
+    seed = secrets.randbelow(2**31) if request.randomize else request.seed
+    prompt = request.prompt.strip() + STYLES[request.style]
+    with hub.using() as engine:
+        return engine.generate(prompt, seed=seed, num_images=request.num_images)
+
+
+def sketch_to_control(canvas: ImageLike | dict | None) -> np.ndarray | None:
+    """A sketch-pad canvas (dark strokes on white or transparent) as the control map sketch
+    ControlNets expect: white strokes on black. None for an empty canvas."""
+    if isinstance(canvas, dict):  # Gradio's EditorValue
+        canvas = canvas.get("composite")
+    if canvas is None:
+        return None
+    arr = np.asarray(canvas)
+    if arr.ndim == 3 and arr.shape[-1] == 4:  # flatten onto white: transparent means paper
+        alpha = arr[..., 3:].astype(np.float32) / 255.0
+        arr = (arr[..., :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
+    rgb = to_rgb_array(arr)
+    inverted = 255 - rgb.min(axis=-1)  # a stroke of any colour counts, not just black
+    if not inverted.any():
+        return None
+    return np.repeat(inverted[..., None], 3, axis=-1)
