@@ -33,6 +33,18 @@ def test_frechet_distance_is_zero_for_one_set_and_grows_with_a_mean_shift():
         evaluate.frechet_distance(a, a[:, :4])
 
 
+def test_frechet_distance_matches_the_scipy_sqrtm_formula():
+    from scipy import linalg
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(20, 24)), rng.gamma(2.0, size=(30, 24))  # fewer samples than dims: singular
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    diff = a.mean(0) - b.mean(0)
+    reference = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean).real
+    assert evaluate.frechet_distance(a, b) == pytest.approx(reference, rel=1e-6)
+
+
 def test_edge_f1_identical_shifted_and_disjoint():
     target = np.zeros((32, 32), np.uint8)
     target[8:24, 8] = target[8:24, 23] = target[8, 8:24] = target[23, 8:24] = 255

@@ -26,7 +26,6 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -44,26 +43,24 @@ DepthEstimator = Callable[[np.ndarray], np.ndarray]  # uint8 [N, 64, 64, 3] -> [
 
 # ---- metrics ------------------------------------------------------------------------------------
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, D] and [M, D]."""
-    from scipy import linalg
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] and [M, D]:
+    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrtm(S_a S_b)).
 
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need two feature sets [N>=2, D] of one width, got {a.shape} and {b.shape}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():
-        # With fewer samples than dimensions (the usual case here) the covariances are singular and
-        # scipy warns on every call; the product still has a usable square root.
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(cov_a @ cov_b)
-        if not np.isfinite(covmean).all():
-            ridge = np.eye(len(cov_a)) * 1e-6
-            covmean = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
-    # sqrtm of a product of PSD matrices is real in exact arithmetic; the imaginary part is round-off.
-    covmean = np.real(covmean)
-    diff = mu_a - mu_b
-    distance = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean)
+    tr(sqrtm(S_a S_b)) is taken as the sum of the square roots of the eigenvalues of S_a S_b (real and
+    non-negative in exact arithmetic, as S_a S_b is similar to a PSD matrix; round-off leaves tiny
+    imaginary or negative parts, which the real part of the complex root discards). That equals the
+    trace of scipy.linalg.sqrtm (a test checks it) but runs in torch, under torch's thread count:
+    scipy's own OpenBLAS threads spin against a busy 2-core CPU and took ~2 s per 256-d call here."""
+    a64, b64 = torch.as_tensor(np.asarray(a), dtype=torch.float64), torch.as_tensor(np.asarray(b), dtype=torch.float64)
+    if a64.ndim != 2 or b64.ndim != 2 or a64.shape[1] != b64.shape[1] or min(len(a64), len(b64)) < 2:
+        raise ValueError(f"need two feature sets [N>=2, D] of one width, got {tuple(a64.shape)} and {tuple(b64.shape)}")
+    cov_a, cov_b = torch.cov(a64.T), torch.cov(b64.T)  # [D, D]
+    if a64.shape[1] == 1:
+        cov_a, cov_b = cov_a.reshape(1, 1), cov_b.reshape(1, 1)
+    eigenvalues = torch.linalg.eigvals(cov_a @ cov_b)  # complex [D]
+    trace_sqrt = eigenvalues.sqrt().real.sum()
+    diff = a64.mean(0) - b64.mean(0)
+    distance = diff @ diff + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt
     return max(float(distance), 0.0)  # round-off can push identical sets a hair below 0
 
 
@@ -131,7 +128,7 @@ def depth_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---- real images and control maps --------------------------------------------------------------
 def spec_for_caption(text: str, rng: np.random.Generator, style: str = "plain") -> world.SceneSpec:
-    """A plain scene matching a caption, with geometry drawn as `world.sample_specs` draws it."""
+    """A scene matching a caption, in `style`, with geometry drawn as `world.sample_specs` draws it."""
     # world keeps its geometry samplers private; these are the same draws as world._sample_spec.
     spec = world.parse_caption(text)
     u = rng.random(9).tolist()

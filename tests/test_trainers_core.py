@@ -1,0 +1,209 @@
+"""The shared training core at toy size: config, schedules, student derivation, losses, and the
+loop's checkpoint/resume exactness and NaN guard (on the SSD method, which has two trained networks)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+SMALL = dict(batch_size=2, num_pairs=4, teacher_steps=2, num_prompts=8, log_every=1, val_prompts=["a b"],
+             lr=1e-3)
+
+
+@pytest.fixture(scope="session")
+def mid_teacher_dir(tmp_path_factory):
+    from trainers.core.testing import write_tiny_teacher
+
+    return write_tiny_teacher(tmp_path_factory.mktemp("models") / "tiny-mid")
+
+
+@pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory):
+    return tmp_path_factory.mktemp("pairs") / "pairs.safetensors"
+
+
+def ssd_config(teacher, run_dir, pairs, **kw):
+    from trainers.core.config import load_config
+    from trainers.methods.ssd import SSDConfig
+
+    return load_config(SSDConfig, None, {**SMALL, "teacher": str(teacher), "run_dir": str(run_dir),
+                                         "pair_cache": str(pairs), **kw}).validate()
+
+
+# ---- config -------------------------------------------------------------------------------------------
+def test_config_yaml_cli_overrides_and_dry_run(tmp_path, tiny_dir, capsys):
+    from trainers.core.method import main
+    from trainers.methods.ssd import SSD
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"teacher: {tiny_dir}\nmax_steps: 7\nalpha_start: 0.8\nval_prompts: [x, y]\n")
+    assert main(SSD, ["--config", str(path), "--set", "lr=3e-4", "--max-steps", "9", "--dry-run"]) is None
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["method"] == "ssd" and printed["max_steps"] == 9 and printed["lr"] == 3e-4
+    assert printed["alpha_start"] == 0.8 and printed["val_prompts"] == ["x", "y"]
+
+
+def test_config_errors_name_the_bad_value(tiny_dir):
+    from trainers.core.config import load_config
+    from trainers.methods.ssd import SSDConfig
+
+    with pytest.raises(ValueError, match="unknown option 'lr_rate'"):
+        load_config(SSDConfig, None, {"lr_rate": 1})
+    with pytest.raises(ValueError) as e:
+        load_config(SSDConfig, None, {"teacher": str(tiny_dir), "mixed_precision": "fp16", "alpha_end": "1.5",
+                                      "batch_size": 0}).validate()
+    text = str(e.value)
+    assert "fp16 diverges" in text and "alpha_end=1.5" in text and "batch_size=0" in text
+
+
+def test_anneal_schedules():
+    from trainers.core.schedules import Anneal
+
+    lin, cos = Anneal(0.9, 0.3, 10), Anneal(10.0, 1.0, 10, "cosine")
+    assert lin(0) == 0.9 and math.isclose(lin(5), 0.6) and math.isclose(lin(10), 0.3) and math.isclose(lin(99), 0.3)
+    assert cos(0) == 10.0 and math.isclose(cos(5), 5.5) and cos(1) > 10.0 - 0.9  # slow start
+    assert all(cos(i) >= cos(i + 1) for i in range(12))
+
+
+# ---- student derivation -----------------------------------------------------------------------------------
+def test_block_removed_config_turns_sd21_into_sdxs512():
+    from sdxs_core.architectures import sdxs512_unet_config
+    from trainers.core.student import block_removed_config
+
+    sd21 = dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+                layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, mid_block_type="UNetMidBlock2DCrossAttn",
+                attention_head_dim=8, cross_attention_dim=768)
+    got, want = block_removed_config(sd21), sdxs512_unet_config(768)
+    for key in ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "mid_block_type"):
+        assert tuple(got[key]) == tuple(want[key]) if isinstance(want[key], tuple) else got[key] == want[key]
+
+
+def test_block_removed_student_is_smaller_and_copies_weights(mid_teacher_dir):
+    from sdxs_core.architectures import count_params
+    from trainers.core.diffusion import load_components
+    from trainers.core.student import build_student, student_name_map
+
+    teacher = load_components(mid_teacher_dir, "cpu")["unet"]
+    student, info = build_student("block_removed", teacher)
+    assert teacher.mid_block is not None and student.mid_block is None
+    assert count_params(student) < 0.5 * count_params(teacher)
+    name_map = student_name_map(teacher, student)
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    assert len(name_map) == len(s_sd) and info["not_copied"] == []
+    assert name_map["up_blocks.0.resnets.1.conv1.weight"] == "up_blocks.1.resnets.2.conv1.weight"  # the skip-taking one
+    assert "mid_block" not in " ".join(name_map.values())
+    for s_name, t_name in name_map.items():
+        assert torch.equal(s_sd[s_name], t_sd[t_name]), s_name
+
+
+# ---- losses ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_parts(tiny_dir):
+    from trainers.core.diffusion import NoiseSchedule, encode_prompts, load_components
+
+    torch.set_num_threads(1)
+    c = load_components(tiny_dir, "cpu")
+    for m in (c["unet"], c["text_encoder"], c["vae"]):
+        m.requires_grad_(False)
+    c["schedule"] = NoiseSchedule(c["scheduler"].config)
+    c["embeds"] = encode_prompts(c["tokenizer"], c["text_encoder"], ["a red circle", "b"], "cpu")
+    return c
+
+
+def test_fm_loss_zero_for_identical_and_positive_otherwise(tiny_parts):
+    from trainers.core.losses import SSIMFeatureLoss, UNetEncoder
+
+    fm = SSIMFeatureLoss(UNetEncoder(tiny_parts["unet"]))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    same, _ = fm(x, x.clone(), tiny_parts["embeds"])
+    other, _ = fm(x, torch.randn(2, 4, 8, 8), tiny_parts["embeds"])
+    assert abs(same.item()) < 1e-5 and other.item() > 0.05
+    # the encoder stops after the down stages and leaves the U-Net usable for full forwards
+    out = tiny_parts["unet"](x, torch.tensor([5, 5]), encoder_hidden_states=tiny_parts["embeds"]).sample
+    assert out.shape == x.shape
+
+
+def test_score_distillation_gradient_only_when_alpha_positive(tiny_parts):
+    import copy
+
+    from trainers.core.losses import ScoreDistillationLoss
+
+    online = copy.deepcopy(tiny_parts["unet"])
+    with torch.no_grad():  # a fake score that differs from the real one
+        for p in online.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    loss_fn = ScoreDistillationLoss(tiny_parts["unet"], online, tiny_parts["schedule"])
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    loss, logs = loss_fn(x, tiny_parts["embeds"], alpha=0.8, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert x.grad.abs().sum() > 0 and logs["t_mean"] < 800
+    x.grad = None
+    loss, _ = loss_fn(x, tiny_parts["embeds"], alpha=0.0)
+    loss.backward()
+    assert loss.item() == 0 and x.grad.abs().sum() == 0
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+def _student_weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_resume_lands_on_the_exact_step(tmp_path, tiny_dir, pairs_file):
+    from trainers.core.loop import list_checkpoints, train
+    from trainers.methods.ssd import SSD
+
+    torch.set_num_threads(1)
+    kw = dict(max_steps=6, checkpoint_every=3, keep_checkpoints=5)
+    cfg = ssd_config(tiny_dir, tmp_path / "full", pairs_file, **kw)
+    train(cfg, SSD(cfg))
+
+    class Preempted(Exception):
+        pass
+
+    def kill_at_4(step):
+        if step == 4:
+            raise Preempted
+
+    cfg = ssd_config(tiny_dir, tmp_path / "cut", pairs_file, **kw)
+    with pytest.raises(Preempted):
+        train(cfg, SSD(cfg), on_step=kill_at_4)
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["checkpoint-3"]
+    seen = []
+    cfg = ssd_config(tiny_dir, tmp_path / "cut", pairs_file, resume="latest", **kw)
+    train(cfg, SSD(cfg), on_step=seen.append)
+    assert seen == [4, 5, 6]  # continued after step 3
+
+    full, resumed = _student_weights(tmp_path / "full"), _student_weights(tmp_path / "cut")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    log = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and log[-1]["images_seen"] == 12
+    assert (tmp_path / "cut" / "samples" / "step-000006.png").is_file()
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["resume"] == "latest"
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_dir, pairs_file):
+    from safetensors.torch import load_file
+
+    from trainers.core.loop import NonFiniteLossError, train
+    from trainers.methods.ssd import SSD
+
+    torch.set_num_threads(1)
+    cfg = ssd_config(tiny_dir, tmp_path / "run", pairs_file, max_steps=5, checkpoint_every=2)
+
+    class Poisoned(SSD):
+        def student_loss(self, batch, step):
+            loss, logs = super().student_loss(batch, step)
+            return (loss * float("nan"), logs) if step == 2 else (loss, logs)
+
+    with pytest.raises(NonFiniteLossError) as e:
+        train(cfg, Poisoned(cfg))
+    msg = str(e.value)
+    assert "student loss became nan at step 3 (after 2 good steps" in msg and "checkpoint-2" in msg and "--resume latest" in msg
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    assert ckpt.is_dir() and not (tmp_path / "run" / "checkpoint-3").exists() and not (tmp_path / "run" / "final").exists()
+    weights = load_file(ckpt / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())

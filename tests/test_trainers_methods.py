@@ -1,0 +1,129 @@
+"""Each training method end-to-end for a few steps on tiny random teachers; its output folder loads
+through ``sdxs_core.load_engine`` like any user model."""
+
+import pytest
+import torch
+
+SMALL = dict(batch_size=2, num_pairs=4, teacher_steps=2, num_prompts=8, max_steps=2, checkpoint_every=100,
+             log_every=1, val_prompts=["a b"], lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def mid_teacher_dir(tmp_path_factory):
+    from trainers.core.testing import write_tiny_teacher
+
+    return write_tiny_teacher(tmp_path_factory.mktemp("models") / "tiny-mid")
+
+
+def run(method_cls, teacher, run_dir, **kw):
+    from trainers.core.config import load_config
+    from trainers.core.loop import train
+
+    torch.set_num_threads(1)
+    cfg = load_config(method_cls.config_cls, None, {**SMALL, "teacher": str(teacher), "run_dir": str(run_dir), **kw})
+    method = method_cls(cfg.validate())
+    return train(cfg, method), method
+
+
+def loads_and_generates(folder, steps=1):
+    from sdxs_core import load_engine
+
+    engine = load_engine(folder, device="cpu")
+    images = engine.generate("a b", seed=0, num_inference_steps=steps, output_type="np").images
+    assert images.shape == (1, 64, 64, 3) and images.std() > 0
+    return engine
+
+
+def test_ssd_trains_online_dm_not_offline_and_exports_one_step_student(tmp_path, tiny_dir):
+    from trainers.core.diffusion import NoiseSchedule, load_components, one_step
+    from trainers.core.losses import unwrap
+    from trainers.methods.ssd import SSD
+
+    out, method = run(SSD, tiny_dir, tmp_path / "ssd", student_every=1)
+    initial = load_components(tiny_dir, "cpu")["unet"].state_dict()
+    online = unwrap(method.nets["online_dm"]).state_dict()
+    offline = method.teacher["unet"].state_dict()
+    assert any(not torch.equal(online[k], initial[k]) for k in initial)
+    assert all(torch.equal(offline[k], initial[k]) for k in initial)
+    assert (tmp_path / "ssd" / "samples" / "step-000002.png").is_file()
+
+    # the exported pipeline's one engine step is exactly the training-time generator
+    engine = loads_and_generates(out)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    got = engine.generate("a b", noise=noise, output_type="latent").images
+    embeds = engine.encode_prompt(["a b"])
+    with torch.no_grad():
+        want = one_step(engine.unet, noise, embeds, NoiseSchedule(engine.scheduler.config))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_ssd_student_gradient_comes_from_fm_only_when_alpha_zero(tmp_path, tiny_dir):
+    from trainers.core.config import load_config
+    from trainers.methods.ssd import SSD
+
+    class Accel:  # just what Method.setup/batch read
+        device, process_index, is_main_process = torch.device("cpu"), 0, True
+
+        def wait_for_everyone(self):
+            pass
+
+    base = {**SMALL, "teacher": str(tiny_dir), "run_dir": str(tmp_path)}
+    cfg = load_config(SSD.config_cls, None, {**base, "alpha_start": 0.0, "alpha_end": 0.0}).validate()
+    method = SSD(cfg)
+    method.setup(Accel())
+    batch = method.batch(0, 0, Accel())
+    _, logs = method.student_loss(batch, 0)
+    assert logs["sd"] == 0.0 and logs["fm"] > 0
+    method.alpha = lambda step: 0.9  # with alpha > 0 and a fake score != real score: a score gradient
+    with torch.no_grad():
+        for p in method.nets["online_dm"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method.lambda_fm = lambda step: 0.0
+    loss, logs = method.student_loss(batch, 0)
+    loss.backward()
+    grad = sum(p.grad.abs().sum() for p in method.nets["student"].parameters() if p.grad is not None)
+    assert logs["sd"] > 0 and grad > 0
+
+
+def test_fm_warmup_caches_pairs_and_exports(tmp_path, mid_teacher_dir):
+    from trainers.methods.fm_warmup import FMWarmup
+
+    pairs = tmp_path / "pairs.safetensors"
+    out, method = run(FMWarmup, mid_teacher_dir, tmp_path / "fm", pair_cache=str(pairs))
+    assert pairs.is_file() and method.student_info["student"] == "block_removed"
+    stamp = pairs.stat().st_mtime_ns
+    run(FMWarmup, mid_teacher_dir, tmp_path / "fm2", pair_cache=str(pairs), max_steps=1)
+    assert pairs.stat().st_mtime_ns == stamp  # reused, not regenerated
+    engine = loads_and_generates(out)
+    assert engine.unet.mid_block is None
+
+
+def test_mse_baseline_exports(tmp_path, tiny_dir):
+    from trainers.methods.mse_baseline import MSEBaseline
+
+    out, _ = run(MSEBaseline, tiny_dir, tmp_path / "mse", student="copy")
+    loads_and_generates(out)
+
+
+def test_block_kd_removes_blocks_and_exports(tmp_path, mid_teacher_dir):
+    from trainers.methods.block_kd import BlockKD
+
+    out, method = run(BlockKD, mid_teacher_dir, tmp_path / "kd")
+    assert method.block_map == {"down_blocks.0": "down_blocks.0", "up_blocks.1": "up_blocks.0", "up_blocks.2": "up_blocks.1"}
+    log = (tmp_path / "kd" / "log.jsonl").read_text()
+    assert '"student/fkd"' in log and '"student/okd"' in log
+    engine = loads_and_generates(out, steps=2)
+    assert engine.unet.mid_block is None and len(engine.unet.down_blocks) == 2
+
+
+def test_decoder_distillation_exports_autoencoder_tiny(tmp_path, mid_teacher_dir):
+    from diffusers import AutoencoderTiny
+
+    from trainers.methods.decoder import DecoderDistill
+
+    out, _ = run(DecoderDistill, mid_teacher_dir, tmp_path / "dec", decoder_size="tiny", ema_decay=0.9)
+    AutoencoderTiny.from_pretrained(out / "vae")
+    engine = loads_and_generates(out, steps=2)
+    assert type(engine.vae).__name__ == "AutoencoderTiny"
+    log = (tmp_path / "dec" / "log.jsonl").read_text()
+    assert '"decoder/g_gan"' in log and '"discriminator/d_loss"' in log

@@ -1,0 +1,162 @@
+"""Diffusion pieces every method shares: the noise schedule, the one-step generator, prompts, the
+teacher's ODE pairs (cached to disk) and saving a student as a diffusers pipeline folder."""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class NoiseSchedule:
+    """The teacher's training schedule (DDPM alphas), for adding noise and reading x0 back."""
+
+    def __init__(self, scheduler_config, device="cpu"):
+        from diffusers import DDPMScheduler
+
+        self.ddpm = DDPMScheduler.from_config(scheduler_config)
+        self.num_timesteps = self.ddpm.config.num_train_timesteps
+        self.prediction_type = self.ddpm.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
+        self.alphas_cumprod = self.ddpm.alphas_cumprod.to(device, torch.float32)
+
+    def _a(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod[t].view(-1, 1, 1, 1)  # [N, 1, 1, 1]
+
+    def add_noise(self, x0, noise, t):
+        a = self._a(t)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def pred_x0(self, model_out, xt, t):
+        a = self._a(t)
+        if self.prediction_type == "epsilon":
+            return (xt - (1 - a).sqrt() * model_out) / a.sqrt()
+        return a.sqrt() * xt - (1 - a).sqrt() * model_out
+
+    def target(self, x0, noise, t):
+        """What the network is trained to output (epsilon or v)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        a = self._a(t)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def sample_t(self, n: int, lo: float, hi: float, generator=None, device="cpu") -> torch.Tensor:
+        """Integer timesteps uniform in [lo*T, hi*T) (fractions of T)."""
+        lo_i, hi_i = int(lo * self.num_timesteps), max(int(hi * self.num_timesteps), int(lo * self.num_timesteps) + 1)
+        return torch.randint(lo_i, hi_i, (n,), generator=generator, device=device)
+
+
+def one_step(unet, noise: torch.Tensor, embeds: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
+    """The student's single step at t = T-1, exactly what the engine computes for a saved student
+    pipeline (trailing DDPM, one step): x0 = (z - sqrt(1-a) * eps) / sqrt(a)."""
+    t = torch.full((noise.shape[0],), schedule.num_timesteps - 1, device=noise.device, dtype=torch.long)
+    out = unet(noise, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    return schedule.pred_x0(out.float(), noise.float(), t)
+
+
+def unet_forward(unet, xt, t, embeds):
+    return unet(xt, t, encoder_hidden_states=embeds, return_dict=False)[0].float()
+
+
+# ---- components and prompts ---------------------------------------------------------------------------
+def load_components(path: str | os.PathLike, device) -> dict:
+    """A pipeline folder's components in fp32 through ``sdxs_core`` (its offline-aware errors)."""
+    from sdxs_core.loading import load_pipeline_components
+
+    return load_pipeline_components(Path(path), torch.device(device), torch.float32)
+
+
+def load_prompts(source: str, n: int, seed: int = 0) -> list[str]:
+    if source == "miniature":
+        from trainers.miniature.text import training_captions
+
+        return training_captions(n, seed)
+    lines = [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
+    return lines[:n]
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0].float()  # [N, L, D]
+
+
+# ---- the teacher's ODE pairs ------------------------------------------------------------------------
+def pair_cache(path: str | os.PathLike, teacher_dir: str, prompts: list[str], n: int, steps: int, guidance: float,
+               resolution: int, seed: int, device, batch: int = 16) -> dict:
+    """Noise -> teacher-image latent pairs from the teacher's ODE sampler (through the engine),
+    generated once and reused from a safetensors file. A file made with other settings is remade.
+
+    Returns ``{"noise": [N,4,h,w], "latents": [N,4,h,w], "prompts": list[str]}`` on the CPU.
+    """
+    from safetensors.torch import load_file, safe_open, save_file
+
+    path = Path(path)
+    spec = dict(teacher=str(Path(teacher_dir).resolve()), n=n, steps=steps, guidance=guidance,
+                resolution=resolution, seed=seed, prompts=hashlib.sha1("\n".join(prompts).encode()).hexdigest())
+    if path.is_file():
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        if json.loads(meta.get("spec", "{}")) == spec:
+            tensors = load_file(path)
+            return {"noise": tensors["noise"], "latents": tensors["latents"], "prompts": json.loads(meta["prompts"])}
+
+    from sdxs_core.engine import OneStepEngine
+
+    engine = OneStepEngine(**load_components(teacher_dir, device))
+    chosen = [prompts[i % len(prompts)] for i in range(n)]
+    g = torch.Generator("cpu").manual_seed(seed)
+    noise_all, latents_all = [], []
+    for i in range(0, n, batch):
+        p = chosen[i:i + batch]
+        noise = engine.make_noise([0] * len(p), resolution, resolution,
+                                  generators=[torch.Generator("cpu").manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+                                              for _ in p])
+        out = engine.generate(p, noise=noise, num_inference_steps=steps, guidance_scale=guidance, output_type="latent")
+        noise_all.append(noise.float().cpu())
+        latents_all.append(out.images.float().cpu())
+    tensors = {"noise": torch.cat(noise_all).contiguous(), "latents": torch.cat(latents_all).contiguous()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(fd)
+    save_file(tensors, tmp, metadata={"spec": json.dumps(spec), "prompts": json.dumps(chosen)})
+    os.replace(tmp, path)
+    return {**tensors, "prompts": chosen}
+
+
+def one_step_scheduler(scheduler):
+    """The teacher's noise schedule with trailing spacing: one step lands on t = T-1."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config, timestep_spacing="trailing", clip_sample=False)
+
+
+# ---- saving -------------------------------------------------------------------------------------------
+def save_pipeline_folder(out: str | os.PathLike, components: dict, unet=None, vae=None, one_step: bool = True,
+                         extra: dict | None = None) -> Path:
+    """Write a StableDiffusionPipeline folder atomically (temp folder + rename). A one-step student
+    gets the teacher's noise schedule with trailing spacing, so one step lands on t = T-1."""
+    from diffusers import StableDiffusionPipeline
+
+    scheduler = one_step_scheduler(components["scheduler"]) if one_step else components["scheduler"]
+    pipe = StableDiffusionPipeline(vae=vae or components["vae"], text_encoder=components["text_encoder"],
+                                   tokenizer=components["tokenizer"], unet=unet or components["unet"],
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if extra:
+        (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
+    old = out.with_name(f".{out.name}-old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out

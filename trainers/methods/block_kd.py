@@ -1,0 +1,87 @@
+"""Block-removal knowledge distillation of the U-Net (paper section 3.1, Eqs. 6-8, Fig. 2b).
+
+Frozen:  the teacher U-Net (with its mid stage), the text encoder; the teacher's ODE samples serve
+         as x0 (no dataset needed).
+Trained: the block-removed student U-Net (mid stage, last down / first up stage and the
+         highest-resolution transformers removed), initialised from the teacher by an explicit name map.
+Loss:    L_OKD + lambda_F * L_FKD: output MSE + feature MSE on an explicit teacher -> student block
+         map, at noisy x_t over t in [0, T). No denoising loss (unlike BK-SDM).
+The result is still a multi-step model (saved with the teacher's scheduler); ``fm_warmup`` and
+``ssd`` then make it one-step.
+
+    python -m trainers.methods.block_kd --config trainers/configs/block_kd_miniature.yaml
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from trainers.core.diffusion import save_pipeline_folder
+from trainers.core.loop import Phase
+from trainers.core.losses import KDLoss, unwrap
+from trainers.core.method import Method, PairConfig, borrowed, main
+from trainers.core.student import block_removed_config, default_block_map, init_from_teacher
+
+
+@dataclass
+class KDConfig(PairConfig):
+    layers_per_block: int = 1  # SDXS-512 keeps one resnet (+ transformer) per down stage
+    lambda_f: float = 1.0
+    block_map: dict = None  # teacher block -> student block; None = every shape-compatible stage
+    val_steps: int = 10
+
+    method = "block_kd"
+
+
+class BlockKD(Method):
+    config_cls = KDConfig
+
+    def setup(self, accelerator):
+        from diffusers import UNet2DConditionModel
+
+        teacher = self.load_teacher(accelerator)
+        self.load_pairs(accelerator)
+        student = UNet2DConditionModel.from_config(block_removed_config(teacher["unet"].config, self.config.layers_per_block))
+        self.name_map, self.not_copied = init_from_teacher(student, teacher["unet"])
+        self.nets = {"student": student.to(self.device)}
+        self.block_map = self.config.block_map or default_block_map(teacher["unet"], student)
+        self.kd = KDLoss(teacher["unet"], self.nets_proxy(), self.block_map, self.config.lambda_f)
+        return [Phase("student", self.nets["student"], self.loss)]
+
+    def nets_proxy(self):
+        """Hooks go on the plain student; the forward goes through accelerate's wrapper."""
+        student = self.nets["student"]
+
+        class Proxy(torch.nn.Module):
+            def __init__(proxy):
+                super().__init__()
+                proxy.module = student
+
+            def forward(proxy, *a, **k):
+                return self.nets["student"](*a, **k)
+        return Proxy()
+
+    def loss(self, batch, step):
+        x0 = batch["latents"].float()
+        t = self.schedule.sample_t(x0.shape[0], 0.0, 1.0, batch["generator"], x0.device)
+        noise = torch.randn(x0.shape, generator=batch["generator"], device=x0.device)
+        return self.kd(self.schedule.add_noise(x0, noise, t), t, batch["embeds"])
+
+    @torch.no_grad()
+    def validation_images(self):
+        from sdxs_core.engine import OneStepEngine
+
+        t, unet = self.teacher, unwrap(self.nets["student"])
+        with borrowed(unet):
+            engine = OneStepEngine(t["tokenizer"], t["text_encoder"], unet, t["vae"], t["scheduler"])
+            return engine.generate(self.config.val_prompts, seed=self.config.val_seed, height=self.resolution,
+                                   width=self.resolution, num_inference_steps=self.config.val_steps,
+                                   guidance_scale=self.config.teacher_guidance, output_type="np").images
+
+    def export(self, out, nets, info):
+        return save_pipeline_folder(out, self.teacher, unet=nets["student"], one_step=False,
+                                    extra={**info, "block_map": self.block_map, "not_copied": self.not_copied})
+
+
+if __name__ == "__main__":
+    main(BlockKD, doc=__doc__)

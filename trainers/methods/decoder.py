@@ -1,0 +1,136 @@
+"""Tiny image decoder distillation (paper section 3.1, Eq. 5, Fig. 2a).
+
+Frozen:  the teacher (its ODE sampler made the latents z, cached) and the teacher's VAE decoder,
+         which turns z into the target image x~.
+Trained: a TAESD-family AutoencoderTiny (conv + ReLU residual blocks, no norm, no attention) and a
+         small conv discriminator.
+Loss:    ||G(z)_down - x~_down||_1 (8x average-pooled; less on small images) + lambda_GAN * hinge GAN;
+         the discriminator gets the hinge loss. Beyond the paper: the tiny encoder is fitted too
+         (L1 to z), so the folder also works for image-to-image.
+
+    python -m trainers.methods.decoder --config trainers/configs/decoder_miniature.yaml
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainers.core.diffusion import save_pipeline_folder
+from trainers.core.loop import Phase
+from trainers.core.losses import Discriminator, downsampled_l1, hinge_d_loss, hinge_g_loss, unwrap
+from trainers.core.method import Method, PairConfig, borrowed, main
+
+
+def tiny_autoencoder(latent_channels: int, factor: int, tiny: bool):
+    """``sdxs_core``'s TAESD builder for 8x VAEs; the same family with one stage per halving otherwise
+    (the miniature VAE downsamples 4x)."""
+    from diffusers import AutoencoderTiny
+
+    from sdxs_core.architectures import build_taesd
+
+    if factor == 8:
+        return build_taesd(latent_channels, tiny=tiny)
+    n = factor.bit_length()  # stages: one more than the number of 2x resamplings
+    width, blocks = (8, 1) if tiny else (64, 3)
+    return AutoencoderTiny(latent_channels=latent_channels, encoder_block_out_channels=(width,) * n,
+                           decoder_block_out_channels=(width,) * n, num_encoder_blocks=(1,) + (blocks,) * (n - 1),
+                           num_decoder_blocks=(blocks,) * (n - 1) + (1,))
+
+
+class Codec(torch.nn.Module):
+    """The AutoencoderTiny's decode (and encode) as one forward, so accelerate's wrapper sees it."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, z, images=None):
+        decoded = self.ae.decode(z, return_dict=False)[0].float()
+        encoded = self.ae.encode(images, return_dict=False)[0].float() if images is not None else None
+        return decoded, encoded
+
+
+@dataclass
+class DecoderConfig(PairConfig):
+    decoder_size: str = "taesd"  # taesd (1.2 M-param decoder) | tiny (tests)
+    lambda_gan: float = 0.1
+    gan_start: int = 0  # steps of L1 only before the GAN term
+    downsample: int = 8
+    encoder_weight: float = 1.0  # 0 = leave the tiny encoder untrained
+    disc_channels: int = 32
+    lr: float = 2e-4
+
+    method = "decoder"
+
+    def errors(self):
+        e = super().errors()
+        if self.decoder_size not in ("taesd", "tiny"):
+            e.append(f"decoder_size={self.decoder_size!r} must be taesd or tiny")
+        return e
+
+
+class DecoderDistill(Method):
+    config_cls = DecoderConfig
+    ema_target = "decoder"
+
+    def setup(self, accelerator):
+        teacher = self.load_teacher(accelerator)
+        self.load_pairs(accelerator)
+        torch.manual_seed(self.config.seed)
+        factor = 2 ** (len(teacher["vae"].config.block_out_channels) - 1)
+        tiny_ae = tiny_autoencoder(teacher["vae"].config.latent_channels, factor, self.config.decoder_size == "tiny")
+        self.nets = {"decoder": Codec(tiny_ae).to(self.device),
+                     "discriminator": Discriminator(self.config.disc_channels).to(self.device)}
+        # no checkpointing: diffusers' EncoderTiny skips its input scaling when checkpointing
+        return [Phase("decoder", self.nets["decoder"], self.decoder_loss, checkpointing=False),
+                Phase("discriminator", self.nets["discriminator"], self.disc_loss)]
+
+    @torch.no_grad()
+    def target(self, z):
+        """x~ = the teacher VAE's image of z, in [-1, 1]; the VAE always runs in fp32."""
+        vae = self.teacher["vae"]
+        with torch.autocast(z.device.type, enabled=False):
+            return vae.decode(z.float() / vae.config.scaling_factor, return_dict=False)[0].float().clamp(-1, 1)
+
+    def decoder_loss(self, batch, step):
+        z = batch["latents"]
+        batch["target"] = x_t = self.target(z)
+        x, z_enc = self.nets["decoder"](z, x_t if self.config.encoder_weight else None)
+        batch["fake"] = x.detach()
+        l1 = downsampled_l1(x, x_t, self.config.downsample)
+        loss, logs = l1, {"l1": l1.item()}
+        if self.config.lambda_gan and step >= self.config.gan_start:
+            disc = self.nets["discriminator"]
+            disc.requires_grad_(False)  # the generator's loss must not leave gradients on D
+            gan = hinge_g_loss(disc(x))
+            disc.requires_grad_(True)
+            loss, logs["g_gan"] = loss + self.config.lambda_gan * gan, gan.item()
+        if self.config.encoder_weight:
+            enc = F.l1_loss(z_enc, z.float())
+            loss, logs["encoder_l1"] = loss + self.config.encoder_weight * enc, enc.item()
+        return loss, logs
+
+    def disc_loss(self, batch, step):
+        if not self.config.lambda_gan or step < self.config.gan_start:
+            return batch["target"].new_zeros(()), {}
+        disc = self.nets["discriminator"]
+        return hinge_d_loss(disc(batch["target"]), disc(batch["fake"]))
+
+    @torch.no_grad()
+    def validation_images(self):
+        """The tiny decoder's images of the first cached latents (top) and the teacher VAE's (bottom)."""
+        decoder = unwrap(self.nets["decoder"]).ae
+        z = self.pairs["latents"][: len(self.config.val_prompts)].to(self.device)
+        with borrowed(decoder):
+            ours = self.engine(self.teacher["unet"], vae=decoder).decode(z)
+        ref = self.target(z) / 2 + 0.5
+        return torch.cat([ours, ref], dim=2).permute(0, 2, 3, 1).cpu().numpy()
+
+    def export(self, out, nets, info):
+        """The teacher pipeline with the tiny decoder as its VAE: ``out/vae`` is the AutoencoderTiny folder."""
+        return save_pipeline_folder(out, self.teacher, vae=nets["decoder"].ae.float(), one_step=False, extra=info)
+
+
+if __name__ == "__main__":
+    main(DecoderDistill, doc=__doc__)

@@ -1,0 +1,102 @@
+"""Segmented Score Distillation (paper section 3.2, Algorithm 1, Fig. 3).
+
+Frozen:  the offline DM (real score, and the feature-matching encoder's down stages), the text
+         encoder, the teacher's ODE pairs (cached).
+Trained: the one-step student, and the online DM (fake score; initialised from the offline DM).
+Loss:    online DM: denoising loss on detached student samples (every step).
+         student (every ``student_every`` steps): score difference on t in [0, alpha*T]
+         (DMD2-normalised, see ``ScoreDistillationLoss``) + lambda_FM * SSIM feature matching
+         against the teacher's ODE sample from the same noise, standing in for (alpha*T, T].
+         alpha and lambda_FM are annealed from high to low.
+
+    python -m trainers.methods.ssd --config trainers/configs/ssd_miniature.yaml
+"""
+
+import copy
+from dataclasses import dataclass
+
+from trainers.core.diffusion import load_components, one_step
+from trainers.core.loop import Phase
+from trainers.core.losses import DenoisingLoss, ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder
+from trainers.core.method import Method, PairConfig, main, student_errors
+from trainers.core.schedules import Anneal
+from trainers.core.student import build_student
+
+
+@dataclass
+class SSDConfig(PairConfig):
+    student: str = "copy"  # copy | block_removed | a folder (e.g. the fm_warmup output)
+    offline_dm: str = ""  # pipeline folder of the real-score model; "" = the teacher
+    vae: str = ""  # optional AutoencoderTiny (folder or decoder-method output) for the exported pipeline
+    alpha_start: float = 0.9
+    alpha_end: float = 0.5
+    lambda_fm_start: float = 10.0
+    lambda_fm_end: float = 1.0
+    anneal_steps: int = 0  # 0 = max_steps
+    anneal: str = "linear"  # linear | cosine | constant
+    student_every: int = 1  # alternating updates: the online DM every step, the student every N
+    online_lr: float = 0.0  # 0 = lr
+    real_guidance: float = 1.0  # CFG of the real score (1 = none)
+    t_min: float = 0.02
+    fm_timestep: int = 0
+    fm_weights: list[float] = None  # per layer (input first); None = uniform
+
+    method = "ssd"
+
+    def errors(self):
+        e = super().errors() + student_errors(self.student)
+        for name in ("alpha_start", "alpha_end", "t_min"):
+            if not 0 <= getattr(self, name) <= 1:
+                e.append(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if min(self.lambda_fm_start, self.lambda_fm_end) < 0 or self.student_every < 1:
+            e.append("lambda_fm_* must be >= 0 and student_every >= 1")
+        return e
+
+
+class SSD(Method):
+    config_cls = SSDConfig
+
+    def setup(self, accelerator):
+        c = self.config
+        teacher = self.load_teacher(accelerator)
+        self.load_pairs(accelerator)
+        offline = teacher["unet"] if not c.offline_dm else load_components(c.offline_dm, self.device)["unet"]
+        offline.eval().requires_grad_(False)
+        student, self.student_info = build_student(c.student, teacher["unet"])
+        online = copy.deepcopy(offline).requires_grad_(True)  # before any hooks go on the offline DM
+        self.nets = {"student": student.to(self.device), "online_dm": online}
+        steps = c.anneal_steps or c.max_steps
+        self.alpha = Anneal(c.alpha_start, c.alpha_end, steps, c.anneal)
+        self.lambda_fm = Anneal(c.lambda_fm_start, c.lambda_fm_end, steps, c.anneal)
+        self.fm = SSIMFeatureLoss(UNetEncoder(teacher["unet"], c.fm_timestep), c.fm_weights)
+        self.score = ScoreDistillationLoss(offline, self.nets_proxy("online_dm"), self.schedule, c.real_guidance, c.t_min)
+        # Algorithm 1's order: the online DM learns the current student, then the student moves
+        return [Phase("online_dm", online, self.online_loss, lr=c.online_lr or None),
+                Phase("student", self.nets["student"], self.student_loss, every=c.student_every)]
+
+    def nets_proxy(self, name):
+        """The (prepared) network by name at call time: accelerate wraps it after ``setup``."""
+        return lambda *a, **k: self.nets[name](*a, **k)
+
+    def student_sample(self, batch):
+        return one_step(self.nets["student"], batch["noise"], batch["embeds"], self.schedule)
+
+    def online_loss(self, batch, step):
+        import torch
+
+        with torch.no_grad():
+            x0 = self.student_sample(batch)
+        return DenoisingLoss(self.nets["online_dm"], self.schedule)(x0, batch["embeds"], batch["generator"])
+
+    def student_loss(self, batch, step):
+        x0 = self.student_sample(batch)
+        sd, sd_logs = self.score(x0, batch["embeds"], self.alpha(step), self.uncond, batch["generator"])
+        fm, fm_logs = self.fm(x0, batch["latents"], batch["embeds"])
+        return sd + self.lambda_fm(step) * fm, {**sd_logs, **fm_logs}
+
+    def scalars(self, step):
+        return {"alpha": round(self.alpha(step), 5), "lambda_fm": round(self.lambda_fm(step), 5)}
+
+
+if __name__ == "__main__":
+    main(SSD, doc=__doc__)
