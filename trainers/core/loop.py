@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig, atomic_write_text, save_config
+from .ema import EMA
 from .losses import unwrap
 from .schedules import lr_at
 
@@ -38,31 +39,6 @@ class Phase:
     lr: float | None = None  # None: config.lr
     checkpointing: bool = True  # honour --gradient_checkpointing for this network
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
-
-
-class EMA:
-    """Exponential moving average of a module's floating-point state (fp32); checkpointable."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))  # early weights are far from the end: warm up
-        for k, v in module.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.float(), 1 - decay)
-
-    def copy_to(self, module: torch.nn.Module) -> None:
-        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        self.shadow = {k: v.float() for k, v in state["shadow"].items()}
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------

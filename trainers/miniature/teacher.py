@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..core.ema import EMA
 from . import text, world
 
 LATENT_SIZE = 16  # 64x64 images, 4x downsampling
@@ -75,26 +76,6 @@ def render_pool(n: int, style: str, seed: int, workers: int | None = None, chunk
     return torch.from_numpy(np.concatenate([p[0] for p in parts])), [c for p in parts for c in p[1]]
 
 
-class EMA:
-    """Exponential moving average of a module's parameters (kept in fp32)."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))  # warm up: early weights are noise
-        for k, v in module.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.float(), 1 - decay)
-            else:
-                self.shadow[k].copy_(v)
-
-    def copy_to(self, module: torch.nn.Module) -> None:
-        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
-
-
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -113,7 +94,7 @@ def _lr(step: int, progress: float, base: float, warmup: int = 200) -> float:
 
 
 def train_vae(out: Path, steps: int, batch: int, device: torch.device, n_data: int, lr: float = 1e-3,
-              budget_s: float | None = None, seed: int = 0) -> dict:
+              budget_s: float | None = None, seed: int = 0, eval_n: int = 256) -> dict:
     """Reconstruction (L1 + MSE) with a tiny KL term, on both rendering styles."""
     from diffusers import AutoencoderKL
 
@@ -142,7 +123,7 @@ def train_vae(out: Path, steps: int, batch: int, device: torch.device, n_data: i
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     bar.close()
     vae.eval()
-    stats = vae_stats(vae, device)
+    stats = vae_stats(vae, device, eval_n)
     vae.register_to_config(scaling_factor=stats["scaling_factor"])
     vae.save_pretrained(out, safe_serialization=True)
     stats.update(steps=step, seconds=round(time.time() - start, 1))
@@ -196,7 +177,7 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler_confi
 
 def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torch.device, n_data: int,
                   lr: float = 4e-4, p_uncond: float = 0.1, budget_s: float | None = None, seed: int = 0,
-                  init: Path | None = None, save_every_s: float | None = None) -> dict:
+                  init: Path | None = None, save_every_s: float | None = None, unet_config: dict | None = None) -> dict:
     """Epsilon-prediction training of the U-Net and text encoder together (nothing pretrained exists
     in this world); captions are dropped with probability ``p_uncond`` so CFG works at sampling.
     ``init`` continues from a saved teacher folder (its weights; the optimizer starts fresh)."""
@@ -212,7 +193,7 @@ def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torc
         prior = json.loads((init / "train_stats.json").read_text()) if (init / "train_stats.json").is_file() else {}
     else:
         text_encoder = CLIPTextModel(text.build_text_encoder_config(tokenizer)).to(device)
-        unet = UNet2DConditionModel(**teacher_unet_config(text_encoder.config.hidden_size)).to(device)
+        unet = UNet2DConditionModel(**(unet_config or teacher_unet_config(text_encoder.config.hidden_size))).to(device)
         prior = {}
     history = prior.get("history", [{k: prior[k] for k in ("steps", "batch", "seconds") if k in prior}] if prior else [])
     noise_sched = DDPMScheduler(**noise_schedule_config())
