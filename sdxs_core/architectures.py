@@ -86,13 +86,19 @@ def build_controlnet(unet: UNet2DConditionModel, vae_scale_factor: int = 8, cond
     return controlnet
 
 
-def build_taesd(latent_channels: int = 4, tiny: bool = False) -> AutoencoderTiny:
+def build_taesd(latent_channels: int = 4, tiny: bool = False, factor: int = 8) -> AutoencoderTiny:
     """A TAESD-family autoencoder: conv + ReLU residual blocks, no norm, no attention (paper section 3.1).
-    Default channels give TAESD's 1.22 M-parameter decoder; ``tiny`` is for tests."""
-    if not tiny:
+
+    ``factor`` 8 with default channels is TAESD itself (a 1.22 M-parameter decoder); other factors
+    keep one stage per 2x resampling (the miniature VAE downsamples 4x); ``tiny`` is for tests."""
+    if factor == 8 and not tiny:
         return AutoencoderTiny(latent_channels=latent_channels)
+    if factor < 2 or factor & (factor - 1):
+        raise ValueError(f"factor must be a power of two >= 2, got {factor}")
+    n = factor.bit_length()  # stages: one more than the number of 2x resamplings
+    width, blocks = (8, 1) if tiny else (64, 3)
     return AutoencoderTiny(
         latent_channels=latent_channels,
-        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+        encoder_block_out_channels=(width,) * n, decoder_block_out_channels=(width,) * n,
+        num_encoder_blocks=(1,) + (blocks,) * (n - 1), num_decoder_blocks=(blocks,) * (n - 1) + (1,),
     )

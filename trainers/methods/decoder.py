@@ -16,26 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sdxs_core.architectures import build_taesd
 from trainers.core.diffusion import save_pipeline_folder
 from trainers.core.loop import Phase
 from trainers.core.losses import Discriminator, downsampled_l1, hinge_d_loss, hinge_g_loss, unwrap
 from trainers.core.method import Method, PairConfig, borrowed, main
-
-
-def tiny_autoencoder(latent_channels: int, factor: int, tiny: bool):
-    """``sdxs_core``'s TAESD builder for 8x VAEs; the same family with one stage per halving otherwise
-    (the miniature VAE downsamples 4x)."""
-    from diffusers import AutoencoderTiny
-
-    from sdxs_core.architectures import build_taesd
-
-    if factor == 8:
-        return build_taesd(latent_channels, tiny=tiny)
-    n = factor.bit_length()  # stages: one more than the number of 2x resamplings
-    width, blocks = (8, 1) if tiny else (64, 3)
-    return AutoencoderTiny(latent_channels=latent_channels, encoder_block_out_channels=(width,) * n,
-                           decoder_block_out_channels=(width,) * n, num_encoder_blocks=(1,) + (blocks,) * (n - 1),
-                           num_decoder_blocks=(blocks,) * (n - 1) + (1,))
 
 
 class Codec(torch.nn.Module):
@@ -79,7 +64,7 @@ class DecoderDistill(Method):
         self.load_pairs(accelerator)
         torch.manual_seed(self.config.seed)
         factor = 2 ** (len(teacher["vae"].config.block_out_channels) - 1)
-        tiny_ae = tiny_autoencoder(teacher["vae"].config.latent_channels, factor, self.config.decoder_size == "tiny")
+        tiny_ae = build_taesd(teacher["vae"].config.latent_channels, tiny=self.config.decoder_size == "tiny", factor=factor)
         self.nets = {"decoder": Codec(tiny_ae).to(self.device),
                      "discriminator": Discriminator(self.config.disc_channels).to(self.device)}
         # no checkpointing: diffusers' EncoderTiny skips its input scaling when checkpointing

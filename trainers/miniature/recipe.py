@@ -10,7 +10,7 @@ Stages, in order (each writes under ``--work`` and the shipped copies under ``--
   vae          AutoencoderKL, 4 latent channels, 4x downsampling      -> work/vae
   teacher      SD-shaped U-Net + text encoder, epsilon, CFG dropout   -> work/teacher-gpu
   teacher-cpu  continuation of the teacher on the CPU at a lower LR   -> work/teacher
-  export       fp16 diffusers folder                                  -> assets/miniature/teacher
+  export       fp16 diffusers folder of the latest teacher            -> assets/miniature/teacher
 
 The step counts are those of the shipped weights (see ``train_stats.json`` in each folder, whose
 ``history`` lists every segment); the first teacher segment ran on an H200, the continuation here.
@@ -39,7 +39,7 @@ def export_fp16(src: Path, dst: Path) -> dict:
     """Half-precision copy for shipping: ~2x smaller; the engine upcasts on load for the CPU."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(str(src), safety_checker=None, requires_safety_checker=False)
     stats = json.loads((src / "train_stats.json").read_text())
     teacher.save_pipeline(dst, pipe.vae.half(), pipe.text_encoder.half(), pipe.tokenizer, pipe.unet.half(),
                           pipe.scheduler.config, stats)
@@ -63,8 +63,9 @@ def run(stages, device: torch.device, work: Path, assets: Path, cpu_steps: int, 
             result = teacher.train_teacher(work / "vae", work / "teacher", steps=cpu_steps, device=torch.device("cpu"),
                                            init=work / "teacher-gpu", save_every_s=600,
                                            budget_s=cpu_minutes * 60 if cpu_minutes else None, **SHIPPED["teacher-cpu"])
-        else:
-            result = export_fp16(work / "teacher", assets / "teacher")
+        else:  # the CPU continuation when it ran, else the GPU segment alone
+            src = work / "teacher" if (work / "teacher").is_dir() else work / "teacher-gpu"
+            result = export_fp16(src, assets / "teacher")
         print(f"[{stage}] {time.time() - t0:.0f} s: {json.dumps(result, default=str)[:300]}", flush=True)
 
 
