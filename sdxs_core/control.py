@@ -23,8 +23,12 @@ Depth maps have two normalisations, chosen by the depth model, never by the call
   map is ``round(clip(depth, 0, 1) * 255)``: exactly the formula of the evaluator's
   ``control_maps(real, "depth")``, which the miniature depth ControlNet is trained on;
 - Depth Anything / DPT predict relative inverse depth with no fixed scale, so their maps are
-  normalised per frame: ``round((d - min) / (max - min) * 255)`` (a frame whose span is under 1e-6 maps to 0), as
-  controlnet-aux does for the depth ControlNets trained on MiDaS maps.
+  normalised per frame, ``round((d - min) / (max - min) * 255)`` (0 where the span is under 1e-6),
+  as controlnet-aux does for the depth ControlNets trained on MiDaS maps.
+
+Per-frame min-max would not do for the miniature world: its ground-truth maps (and so the evaluator's
+control maps) keep the background at 0 and objects at their depth, 128-255 for one object, so
+stretching would turn every one-object map into a 0/255 mask the ControlNet never saw in training.
 
 Extractors are small objects in ``EXTRACTORS`` (name -> extractor) with ``name``, ``available()``
 (truthy, or falsy with a ``reason``) and ``__call__(rgb) -> [H, W, 3] uint8``; model weights load on

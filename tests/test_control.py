@@ -11,7 +11,7 @@ from PIL import Image
 from sdxs_core import control
 from sdxs_core.control import (EXTRACTORS, DepthExtractor, ExtractorUnavailableError, SketchExtractor, availability,
                                depth_to_map, extract, resize_map)
-from sdxs_core.depth import DEFAULT_MINIATURE_DIR, MiniatureDepth, MiniatureDepthNet, is_miniature_dir
+from sdxs_core.depth import DEFAULT_MINIATURE_DIR, MiniatureDepth, MiniatureDepthNet, TransformersDepth, is_miniature_dir
 from trainers.miniature import world
 from trainers.miniature.evaluate import control_maps, depth_correlation
 
@@ -169,7 +169,7 @@ def _tiny_transformers_depth(folder, kind: str):
     torch.manual_seed(0)
     if kind == "depth_anything":
         backbone = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                                patch_size=14, image_size=28, out_features=["stage1", "stage2"])
+                                patch_size=14, image_size=28, out_features=["stage1", "stage2"], reshape_hidden_states=False)
         model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
             backbone_config=backbone, reassemble_hidden_size=16, patch_size=14, neck_hidden_sizes=[8, 16],
             fusion_hidden_size=8, head_hidden_size=4, reassemble_factors=[2, 1]))
@@ -180,6 +180,9 @@ def _tiny_transformers_depth(folder, kind: str):
             backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[4, 8, 16, 16], fusion_hidden_size=8,
             reassemble_factors=[4, 2, 1, 0.5]))
         side, multiple = 32, 8
+    with torch.no_grad():  # transformers' init (std 0.02, zero biases) gives a constant map through the final ReLU
+        for p in model.parameters():
+            p.normal_(0, 0.3)
     model.save_pretrained(folder)
     DPTImageProcessor(size={"height": side, "width": side}, keep_aspect_ratio=False, ensure_multiple_of=multiple).save_pretrained(folder)
     return folder
@@ -198,9 +201,10 @@ def test_transformers_depth_from_a_local_folder(tmp_path, monkeypatch, kind):
         assert out.image.shape == (*image.shape[:2], 3) and out.image.dtype == np.uint8 and out.ms > 0
         grey = out.image[..., 0]
         assert (out.image == grey[..., None]).all()
-        assert grey.max() in (0, 255) and (grey.min() == 0)  # stretched per frame (or all 0 when constant)
-    if kind == "depth_anything":  # a random Depth Anything still varies over a frame: check the stretch
-        assert extract("depth", INPUTS["RGB 512x512"]()).image.max() == 255
+        assert grey.min() == 0 and grey.max() == 255  # stretched per frame
+    raw = TransformersDepth.load(folder)(image)  # relative inverse depth: larger = nearer
+    assert np.array_equal(out.image, depth_to_map(raw, "frame"))
+    assert out.image[..., 0].flat[raw.argmax()] == 255 and out.image[..., 0].flat[raw.argmin()] == 0
 
 
 def test_unavailable_extractors_say_why_and_extract_raises_a_clear_value_error(tmp_path, monkeypatch):

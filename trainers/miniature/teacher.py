@@ -269,10 +269,13 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--save-every", type=float, default=None, help="also save every this many minutes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="CPU threads; use fewer than the cores when sharing the machine (oversubscribed "
+                             "OpenMP threads slow every process down many times over)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(args.threads)
     budget = args.minutes * 60 if args.minutes else None
     if args.stage == "vae":
         stats = train_vae(args.out, args.steps or 3000, args.batch or 64, device, n_data=args.n_data, budget_s=budget)
