@@ -33,3 +33,7 @@ def test_vae_teacher_continue_and_export(tmp_path):
     a = full.generate("a red circle in the center on a black background", seed=1, output_type="np").images
     b = half.generate("a red circle in the center on a black background", seed=1, output_type="np").images
     assert a.shape == (1, 64, 64, 3) and np.abs(a - b).max() < 0.05
+    # the shipped fp16 folder is a valid starting point: training continues in fp32
+    again = teacher.train_teacher(tmp_path / "shipped" / "vae", tmp_path / "teacher3", steps=1, batch=4, device=cpu,
+                                  n_data=8, init=tmp_path / "shipped")
+    assert np.isfinite(again["final_loss"]) and len(again["history"]) == 3

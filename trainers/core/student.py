@@ -106,4 +106,4 @@ def build_student(spec: str, teacher_unet: UNet2DConditionModel, layers_per_bloc
     path = path / "unet" if (path / "unet" / "config.json").is_file() else path
     if not (path / "config.json").is_file():
         raise ValueError(f"student={spec!r}: use copy, block_removed, or a pipeline / U-Net folder")
-    return UNet2DConditionModel.from_pretrained(path), {"student": str(path)}
+    return UNet2DConditionModel.from_pretrained(path, dtype=torch.float32), {"student": str(path)}

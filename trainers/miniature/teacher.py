@@ -186,10 +186,11 @@ def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torc
 
     torch.manual_seed(seed)
     tokenizer = text.load_tokenizer()
-    vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
+    # fp32 master weights whatever the files hold (the shipped teacher is fp16)
+    vae = AutoencoderKL.from_pretrained(vae_dir, dtype=torch.float32).to(device).eval()
     if init is not None:
-        text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder").to(device)
-        unet = UNet2DConditionModel.from_pretrained(init / "unet").to(device)
+        text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder", dtype=torch.float32).to(device)
+        unet = UNet2DConditionModel.from_pretrained(init / "unet", dtype=torch.float32).to(device)
         prior = json.loads((init / "train_stats.json").read_text()) if (init / "train_stats.json").is_file() else {}
     else:
         text_encoder = CLIPTextModel(text.build_text_encoder_config(tokenizer)).to(device)
