@@ -28,16 +28,13 @@ from .evaluate import depth_correlation
 DEFAULT_CONFIG = {"channels": [8, 16, 32, 64, 128], "resolution": world.SIZE}
 
 
-def depth_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight: float = 1.0, pointwise: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 (or squared error) on depth plus L1 on its x and y finite differences; pred, target [N, H, W]."""
-    if pointwise not in ("l1", "l2"):
-        raise ValueError(f"pointwise must be 'l1' or 'l2', got {pointwise!r}")
-    error = pred - target
-    point = error.abs().mean() if pointwise == "l1" else error.square().mean()
+def depth_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 on depth plus L1 on its x and y finite differences; pred, target [N, H, W]."""
+    l1 = (pred - target).abs().mean()
     dx = lambda d: d[:, :, 1:] - d[:, :, :-1]  # noqa: E731
     dy = lambda d: d[:, 1:, :] - d[:, :-1, :]  # noqa: E731
     grad = (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
-    return point + grad_weight * grad, {pointwise: point.item(), "grad": grad.item()}
+    return l1 + grad_weight * grad, {"l1": l1.item(), "grad": grad.item()}
 
 
 def evaluate(model: MiniatureDepthNet, n: int = 1024, seed: int = 0) -> dict[str, float]:
@@ -72,7 +69,7 @@ def _order_accuracy(pred: np.ndarray, data: dict) -> float:
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def _fit(model: MiniatureDepthNet, steps: int, batch: int, seed: int, lr: float, grad_weight: float, pointwise: str, log_every: int) -> list[float]:
+def _fit(model: MiniatureDepthNet, steps: int, batch: int, seed: int, lr: float, grad_weight: float, log_every: int) -> list[float]:
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -83,14 +80,14 @@ def _fit(model: MiniatureDepthNet, steps: int, batch: int, seed: int, lr: float,
         data = world.render_batch(seed * 1_000_003 + step, batch, style="mixed", split="train")
         x = to_input(degrade(data["images"], rng, strength=0.7)).to(device)  # [B, 3, 64, 64]
         y = torch.from_numpy(data["depth"]).to(device)  # [B, 64, 64]
-        loss, parts = depth_loss(model(x), y, grad_weight, pointwise)
+        loss, parts = depth_loss(model(x), y, grad_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         schedule.step()
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1:5d}  loss {np.mean(losses[-log_every:]):.4f}  {pointwise} {parts[pointwise]:.4f}  "
+            print(f"step {step + 1:5d}  loss {np.mean(losses[-log_every:]):.4f}  l1 {parts['l1']:.4f}  "
                   f"grad {parts['grad']:.4f}  {time.time() - start:.0f}s", flush=True)
     return losses
 
@@ -102,7 +99,6 @@ def train_depth(
     seed: int = 0,
     lr: float = 3e-3,
     grad_weight: float = 1.0,
-    pointwise: str = "l1",
     config: dict | None = None,
     eval_images: int = 1024,
     threads: int = 1,
@@ -118,9 +114,9 @@ def train_depth(
         torch.manual_seed(seed)
         model = MiniatureDepthNet(**(config or DEFAULT_CONFIG)).to(device)
         start = time.time()
-        losses = _fit(model, steps, batch, seed, lr, grad_weight, pointwise, log_every)
+        losses = _fit(model, steps, batch, seed, lr, grad_weight, log_every)
         metrics = {
-            "steps": steps, "batch": batch, "seed": seed, "lr": lr, "grad_weight": grad_weight, "pointwise": pointwise, "threads": threads,
+            "steps": steps, "batch": batch, "seed": seed, "lr": lr, "grad_weight": grad_weight, "threads": threads,
             "parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds": round(time.time() - start, 1),
             "eval": evaluate(model, eval_images, seed),
@@ -140,12 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--grad-weight", type=float, default=1.0, help="weight of the depth-gradient L1 term")
-    parser.add_argument("--pointwise", choices=("l1", "l2"), default="l1", help="per-pixel depth term")
     parser.add_argument("--eval-images", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest on a busy shared CPU")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
-    m = train_depth(args.out, args.steps, args.batch, args.seed, args.lr, args.grad_weight, args.pointwise,
+    m = train_depth(args.out, args.steps, args.batch, args.seed, args.lr, args.grad_weight,
                     eval_images=args.eval_images, threads=args.threads)
     e = m["eval"]
     print(f"{m['parameters']} parameters, {args.steps} steps in {m['train_seconds']:.0f}s; eval split ({e['eval_images']} images): "
