@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 import threading
+from abc import ABC, abstractmethod
 import time
 from dataclasses import dataclass
 
@@ -164,7 +165,7 @@ def passthrough(rgb: np.ndarray) -> np.ndarray:
 
 
 # ---- extractors --------------------------------------------------------------------------------
-class Extractor:
+class Extractor(ABC):
     """Base: a name, whether maps are line drawings (how `resize_map` treats them), availability,
     and a per-(source, device) cache of loaded models."""
 
@@ -182,8 +183,9 @@ class Extractor:
         """Which backend runs, for logs and the UI."""
         return self.name
 
+    @abstractmethod
     def __call__(self, rgb: np.ndarray, device: str | None = None) -> np.ndarray:
-        raise NotImplementedError
+        """``[H, W, 3] uint8`` RGB in, the control map of the same size out."""
 
     def _cached(self, key: tuple, load):
         """The model for `key` (source, device), loaded once even when sessions call concurrently."""

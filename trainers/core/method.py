@@ -6,6 +6,7 @@ return the ``Phase``s: trained network + loss). ``main`` gives it the shared com
 """
 
 import copy
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,7 @@ def borrowed(*modules):
                 p.requires_grad_(f)
 
 
-class Method:
+class Method(ABC):
     config_cls = PairConfig
     ema_target = "student"
 
@@ -90,8 +91,9 @@ class Method:
         self.pairs = pair_cache(*args)
         return self.pairs
 
+    @abstractmethod
     def setup(self, accelerator) -> list:
-        raise NotImplementedError
+        """Build the networks (``self.nets``) and return the training phases."""
 
     # ---- per step -----------------------------------------------------------------------------------
     def step_seed(self, step: int, micro: int, accelerator) -> int:
