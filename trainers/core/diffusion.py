@@ -148,12 +148,18 @@ def save_pipeline_folder(out: str | os.PathLike, components: dict, unet=None, va
                                    tokenizer=components["tokenizer"], unet=unet or components["unet"],
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    return write_pipeline_atomically(pipe, out, {"train_info.json": json.dumps(extra, indent=2)} if extra else None)
+
+
+def write_pipeline_atomically(pipe, out: str | os.PathLike, files: dict[str, str] | None = None) -> Path:
+    """Save a pipeline (plus small text files) to a temp folder, then swap it in: a killed run
+    never leaves half a model, and the previous version is removed only once the new one is in place."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     pipe.save_pretrained(tmp, safe_serialization=True)
-    if extra:
-        (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     old = out.with_name(f".{out.name}-old")
     if out.exists():
         os.replace(out, old)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..core.diffusion import write_pipeline_atomically
 from ..core.ema import EMA
 from . import text, world
 
@@ -153,10 +154,7 @@ def encode_dataset(vae, n: int, device, seed: int = 1, chunk: int = 512) -> tupl
 
 
 def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler_config, stats: dict) -> None:
-    """Write the teacher as a diffusers folder; atomically, so a killed run never leaves half a model."""
-    import shutil
-    import tempfile
-
+    """Write the teacher as a diffusers folder, atomically."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     sampler = DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++",
@@ -164,15 +162,7 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler_confi
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=sampler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "train_stats.json").write_text(json.dumps(stats, indent=2))
-    old = out.with_name(f".{out.name}-old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    write_pipeline_atomically(pipe, out, {"train_stats.json": json.dumps(stats, indent=2)})
 
 
 def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torch.device, n_data: int,
