@@ -88,9 +88,10 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch
 
 # ---- the teacher's ODE pairs ------------------------------------------------------------------------
 def pair_cache(path: str | os.PathLike, teacher_dir: str, prompts: list[str], n: int, steps: int, guidance: float,
-               resolution: int, seed: int, device, batch: int = 16) -> dict:
+               resolution: int, seed: int, device, batch: int = 16, lora: str = "", lora_scale: float = 1.0) -> dict:
     """Noise -> teacher-image latent pairs from the teacher's ODE sampler (through the engine),
     generated once and reused from a safetensors file. A file made with other settings is remade.
+    ``lora``: sample the teacher with this LoRA loaded by the engine (LoRA-SSD's styled targets).
 
     Returns ``{"noise": [N,4,h,w], "latents": [N,4,h,w], "prompts": list[str]}`` on the CPU.
     """
@@ -99,6 +100,8 @@ def pair_cache(path: str | os.PathLike, teacher_dir: str, prompts: list[str], n:
     path = Path(path)
     spec = dict(teacher=str(Path(teacher_dir).resolve()), n=n, steps=steps, guidance=guidance,
                 resolution=resolution, seed=seed, prompts=hashlib.sha1("\n".join(prompts).encode()).hexdigest())
+    if lora:  # only then: caches made before this option existed stay valid
+        spec.update(lora=str(Path(lora).resolve()), lora_scale=lora_scale)
     if path.is_file():
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
@@ -109,6 +112,8 @@ def pair_cache(path: str | os.PathLike, teacher_dir: str, prompts: list[str], n:
     from sdxs_core.engine import OneStepEngine
 
     engine = OneStepEngine(**load_components(teacher_dir, device))
+    if lora:
+        engine.load_lora(lora, scale=lora_scale)
     chosen = [prompts[i % len(prompts)] for i in range(n)]
     g = torch.Generator("cpu").manual_seed(seed)
     noise_all, latents_all = [], []

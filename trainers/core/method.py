@@ -109,7 +109,7 @@ class Method(ABC):
         prompts = [self.pairs["prompts"][i] for i in idx.tolist()]
         return {"noise": self.pairs["noise"][idx].to(self.device), "latents": self.pairs["latents"][idx].to(self.device),
                 "embeds": encode_prompts(self.teacher["tokenizer"], self.teacher["text_encoder"], prompts, self.device),
-                "generator": gen}
+                "generator": gen, "index": idx}
 
     def scalars(self, step: int) -> dict:
         """Annealed hyperparameters etc. to log."""

@@ -1,0 +1,236 @@
+"""LoRA-SSD and ControlNet-SSD (paper section 3.2, Figs. 4-5; ControlNet KD of section 3.1) for a
+few steps on tiny random models: what is frozen stays bit-identical, what is trained changes, and the
+outputs load through the engine like any user LoRA / ControlNet."""
+
+import dataclasses
+
+import pytest
+import torch
+
+SMALL = dict(batch_size=2, num_pairs=4, teacher_steps=2, num_prompts=8, max_steps=2, checkpoint_every=100,
+             log_every=1, val_prompts=["a b"], lr=1e-3)
+
+
+def run(method_cls, teacher, run_dir, **kw):
+    from trainers.core.config import load_config
+    from trainers.core.loop import train
+
+    torch.set_num_threads(1)
+    known = {f.name for f in dataclasses.fields(method_cls.config_cls)}
+    small = {k: v for k, v in SMALL.items() if k in known}  # controlnet_teacher has no pair options
+    cfg = load_config(method_cls.config_cls, None, {**small, "teacher": str(teacher), "run_dir": str(run_dir), **kw})
+    method = method_cls(cfg.validate())
+    return train(cfg, method), method
+
+
+def base_weights(unet) -> dict:
+    """A U-Net's own weights, PEFT's ``base_layer`` renaming undone, LoRA tensors left out."""
+    return {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if "lora_" not in k}
+
+
+def has_lora(unet) -> bool:
+    return any("lora_" in name for name, _ in unet.named_parameters())
+
+
+# ---- LoRA-SSD ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def style_lora(tiny_dir, tmp_path_factory):
+    from sdxs_core.testkit import write_tiny_lora
+
+    return write_tiny_lora(tiny_dir, tmp_path_factory.mktemp("lora") / "peft", fmt="peft")
+
+
+def test_lora_ssd_trains_only_the_student_lora_and_exports_an_engine_lora(tmp_path, tiny_dir, style_lora):
+    from sdxs_core import load_engine
+    from trainers.core.diffusion import NoiseSchedule, load_components, one_step
+    from trainers.core.losses import unwrap
+    from trainers.methods.lora_ssd import STYLE_ADAPTER, LoRASSD
+
+    out, method = run(LoRASSD, tiny_dir, tmp_path / "lora", style_lora=str(style_lora), lora_rank=2, lora_alpha=4.0)
+    initial = load_components(tiny_dir, "cpu")["unet"].state_dict()
+    student = unwrap(method.nets["student"])
+    # the student: base weights bit-identical, its new LoRA trained
+    assert base_weights(student).keys() == initial.keys()
+    assert all(torch.equal(base_weights(student)[k], initial[k]) for k in initial)
+    lora_b = [p for n, p in student.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero
+    assert {n for n, p in student.named_parameters() if p.requires_grad} == {n for n, _ in student.named_parameters() if "lora_" in n}
+    # the style LoRA sits in the offline DM only; the online DM is trained and has no LoRA
+    online = unwrap(method.nets["online_dm"])
+    assert has_lora(method.offline) and STYLE_ADAPTER in method.offline.peft_config
+    assert not has_lora(online) and not has_lora(method.teacher["unet"])
+    assert any(not torch.equal(online.state_dict()[k], initial[k]) for k in initial)
+    assert all(torch.equal(base_weights(method.offline)[k], initial[k]) for k in initial)
+    # styled pairs: the teacher sampled with the style LoRA (a separate cache from the plain pairs)
+    assert (tmp_path / "lora" / "pairs-style.safetensors").is_file()
+
+    # the output is a diffusers LoRA file the engine loads; it reproduces the trained student exactly
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    engine = load_engine(tiny_dir, device="cpu")  # student "copy": the student pipeline is the tiny one
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    plain = engine.generate("a b", noise=noise, output_type="latent").images
+    name = engine.load_lora(out)
+    styled = engine.generate("a b", noise=noise, output_type="latent").images
+    assert (styled - plain).abs().max() > 1e-5
+    with torch.no_grad():
+        want = one_step(student.eval(), noise, engine.encode_prompt(["a b"]), NoiseSchedule(engine.scheduler.config))
+    torch.testing.assert_close(styled, want, atol=1e-4, rtol=1e-4)  # alpha/rank folded into B correctly
+    engine.set_lora_scale(name, 0.0)
+    torch.testing.assert_close(engine.generate("a b", noise=noise, output_type="latent").images, plain)
+
+
+def test_lora_ssd_refuses_a_lora_for_another_base_before_training(tmp_path, tiny_dir, other_base_dir):
+    from sdxs_core.errors import IncompatibleWeightsError
+    from sdxs_core.testkit import write_tiny_lora
+    from trainers.methods.lora_ssd import LoRASSD
+
+    foreign = write_tiny_lora(other_base_dir, tmp_path / "foreign")  # diffusers format, cross-attention 48
+    with pytest.raises(IncompatibleWeightsError, match="cross-attention width 48"):
+        run(LoRASSD, tiny_dir, tmp_path / "run", style_lora=str(foreign))
+    assert not list((tmp_path / "run").glob("pairs*")) and not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_lora_ssd_without_teacher_lora_reduces_lambda_fm(tmp_path, tiny_dir, tiny_lora_file):
+    from trainers.core.config import load_config
+    from trainers.methods.lora_ssd import LoRASSD
+
+    cfg = load_config(LoRASSD.config_cls, None, {**SMALL, "teacher": str(tiny_dir), "run_dir": str(tmp_path),
+                                                 "style_lora": str(tiny_lora_file), "teacher_takes_lora": False,
+                                                 "lambda_fm_scale_without_teacher_lora": 0.25}).validate()
+    method = LoRASSD(cfg)
+    method.setup(Accel())
+    assert method.lambda_fm(0) == pytest.approx(0.25 * cfg.lambda_fm_start)
+    assert (tmp_path / "pairs.safetensors").is_file()  # plain pairs: shareable with the other methods
+
+
+class Accel:  # just what Method.setup / batch read
+    device, process_index, is_main_process = torch.device("cpu"), 0, True
+
+    def wait_for_everyone(self):
+        pass
+
+
+# ---- ControlNet-SSD ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cn_models(tmp_path_factory):
+    """The SD-like tiny teacher (mid block), its ControlNet, and a block-removed (mid-less) student pipeline."""
+    from sdxs_core.testkit import write_tiny_controlnet
+    from trainers.core.diffusion import load_components, save_pipeline_folder
+    from trainers.core.student import build_student
+    from trainers.core.testing import write_tiny_teacher
+
+    root = tmp_path_factory.mktemp("cn")
+    teacher = write_tiny_teacher(root / "teacher")
+    teacher_cn = write_tiny_controlnet(teacher, root / "teacher-cn")
+    components = load_components(teacher, "cpu")
+    unet, _ = build_student("block_removed", components["unet"])
+    student = save_pipeline_folder(root / "student", components, unet=unet)
+    return {"teacher": teacher, "teacher_cn": teacher_cn, "student": student, "pairs": root / "pairs.safetensors"}
+
+
+def cn_run(cn_models, run_dir, **kw):
+    from trainers.methods.controlnet_ssd import ControlNetSSD
+
+    return run(ControlNetSSD, cn_models["teacher"], run_dir, student=str(cn_models["student"]),
+               teacher_controlnet=str(cn_models["teacher_cn"]), pair_cache=str(cn_models["pairs"]), **kw)
+
+
+def zero_convs(cn) -> list[torch.Tensor]:
+    return [b.weight for b in cn.controlnet_down_blocks] + [cn.controlnet_mid_block.weight]
+
+
+def test_controlnet_kd_then_ssd(tmp_path, cn_models):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from PIL import Image
+
+    from sdxs_core import load_engine
+    from sdxs_core.control import extract
+    from trainers.core.losses import unwrap
+
+    student0 = UNet2DConditionModel.from_pretrained(cn_models["student"] / "unet").state_dict()
+    teacher_cn0 = ControlNetModel.from_pretrained(cn_models["teacher_cn"]).state_dict()
+
+    def frozen_parts_unchanged(method):
+        assert method.student_unet.mid_block is None
+        assert all(torch.equal(v, student0[k]) for k, v in method.student_unet.state_dict().items())
+        assert all(torch.equal(v, teacher_cn0[k]) for k, v in method.teacher_cn.state_dict().items())
+
+    # stage kd: decoder-only feature KD of (U-Net + ControlNet) pairs; the new ControlNet's zero convs move
+    kd_out, kd = cn_run(cn_models, tmp_path / "kd", stage="kd")
+    frozen_parts_unchanged(kd)
+    assert kd.block_map == {"unet.up_blocks.1": "unet.up_blocks.0", "unet.up_blocks.2": "unet.up_blocks.1"}
+    assert any(w.abs().sum() > 0 for w in zero_convs(unwrap(kd.nets["controlnet"])))
+    log = (tmp_path / "kd" / "log.jsonl").read_text()
+    assert '"controlnet/fkd"' in log and '"controlnet/okd"' in log
+
+    # stage ssd from the kd output: only the student ControlNet (and the online DM) train
+    out, method = cn_run(cn_models, tmp_path / "ssd", stage="ssd", controlnet=str(kd_out), fresh_noise_ratio=0.5,
+                         control_type="none")  # the random tiny teacher's dim samples have no canny edges
+    frozen_parts_unchanged(method)
+    kd_cn = ControlNetModel.from_pretrained(kd_out).state_dict()
+    assert any(not torch.equal(v, kd_cn[k]) for k, v in unwrap(method.nets["controlnet"]).state_dict().items())
+    offline0 = UNet2DConditionModel.from_pretrained(cn_models["teacher"] / "unet").state_dict()
+    assert all(torch.equal(v, offline0[k]) for k, v in method.teacher["unet"].state_dict().items())
+    assert any(not torch.equal(v, offline0[k]) for k, v in unwrap(method.nets["online_dm"]).state_dict().items())
+    assert method.online_c.get_controlnet() is method.offline_c.get_controlnet() is method.teacher_cn
+
+    # fresh noise: ratio 0 keeps the pair's noise, 1 replaces every input
+    method.config.fresh_noise_ratio = 0.0
+    batch = method.batch(0, 0, Accel())
+    assert torch.equal(batch["student_noise"], batch["noise"])
+    method.config.fresh_noise_ratio = 1.0
+    batch = method.batch(0, 0, Accel())
+    assert all(not torch.equal(a, b) for a, b in zip(batch["student_noise"], batch["noise"]))
+
+    # the control image of a training sample is the live loop's: extract() on the teacher's decoded
+    # sample, then the engine's prepare_control
+    engine = load_engine(cn_models["student"], controlnet=out, device="cpu")
+    i, j = int(batch["index"][0]), 0
+    teacher_image = load_engine(cn_models["teacher"], device="cpu").decode(method.pairs["latents"][i:i + 1])
+    pil = Image.fromarray((teacher_image[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+    live = extract("none", pil, size=64).image
+    assert live.std() > 0
+    torch.testing.assert_close(batch["control"][j:j + 1], engine.prepare_control(live, 1, 64, 64), atol=0, rtol=0)
+
+    # the output folder loads next to the student and its control image changes the image
+    plain = engine.generate("a b", seed=0, output_type="np").images
+    controlled = engine.generate("a b", seed=0, control_image=live, output_type="np").images
+    assert controlled.shape == (1, 64, 64, 3) and abs(controlled - plain).max() > 0
+
+
+def test_controlnet_kd_on_world_ground_truth_maps(tmp_path, cn_models):
+    from trainers.core.config import load_config
+    from trainers.methods.controlnet_ssd import ControlNetSSD, ControlNetSSDConfig
+
+    _, method = cn_run(cn_models, tmp_path / "kd", stage="kd", control_source="world", control_type="edges",
+                       max_steps=1, num_pairs=2)
+    batch = method.batch(0, 0, Accel())
+    i = int(batch["index"][0])
+    assert torch.equal(batch["control"][0], torch.as_tensor(method.pairs["maps"][i]).permute(2, 0, 1).float() / 255)
+    assert method.pairs["prompts"][i].startswith("a")  # world captions
+    with pytest.raises(ValueError, match="control_source='world' needs stage='kd'"):
+        load_config(ControlNetSSDConfig, None, {"teacher": str(cn_models["teacher"]), "stage": "ssd",
+                                                "teacher_controlnet": str(cn_models["teacher_cn"]),
+                                                "control_source": "world"}).validate()
+    assert ControlNetSSD.config_cls is ControlNetSSDConfig
+
+
+def test_controlnet_teacher_trains_on_world_ground_truth_and_loads(tmp_path, cn_models):
+    from sdxs_core import load_engine
+    from trainers.methods.controlnet_teacher import ControlNetTeacher
+
+    out, method = run(ControlNetTeacher, cn_models["teacher"], tmp_path / "t", control_type="depth", num_images=2,
+                      max_steps=1, val_steps=1)
+    assert len(method.pairs["prompts"]) == 2 and method.pairs["maps"].shape == (2, 64, 64, 3)
+    engine = load_engine(cn_models["teacher"], controlnet=out, device="cpu")
+    images = engine.generate("a b", seed=0, control_image=method.pairs["maps"][0], output_type="np").images
+    assert images.shape == (1, 64, 64, 3)
+
+
+def test_lora_teacher_exports_a_lora_that_lora_ssd_accepts(tmp_path, tiny_dir):
+    from sdxs_core import load_engine
+    from trainers.methods.lora_teacher import LoRATeacher
+
+    out, _ = run(LoRATeacher, tiny_dir, tmp_path / "t", num_images=2, max_steps=1)
+    engine = load_engine(tiny_dir, lora=out, device="cpu")
+    assert engine.generate("a b", seed=0, num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)

@@ -1,0 +1,102 @@
+"""The teacher's ControlNet, trained the usual way (ControlNet, Zhang et al.): what ``controlnet_ssd``
+needs as ``teacher_controlnet`` and the miniature world does not ship.
+
+Frozen:  the teacher U-Net, VAE and text encoder.
+Trained: a ControlNet whose encoder starts as a copy of the teacher U-Net's (zero convs at zero).
+Data:    miniature-world renders (the VAE's latents) with their captions and ground-truth control maps
+         (``trainers.miniature.evaluate.control_maps``: ``edges`` or ``depth``), the maps the evaluator
+         conditions on; rendered and encoded once at start.
+Loss:    the plain diffusion loss (epsilon / v MSE) of teacher U-Net + ControlNet, t over [0, T).
+
+    python -m trainers.methods.controlnet_teacher --teacher assets/miniature/teacher --set control_type=depth
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainers.core.config import TrainConfig
+from trainers.core.loop import Phase
+from trainers.core.losses import unwrap
+from trainers.core.method import Method, borrowed, main
+from trainers.methods.controlnet_ssd import Controlled, load_controlnet, save_controlnet, world_data
+
+
+@dataclass
+class ControlNetTeacherConfig(TrainConfig):
+    control_type: str = "depth"  # edges | depth (the world's ground-truth maps)
+    num_images: int = 4096  # world renders, encoded once
+    style: str = "plain"
+    controlnet: str = ""  # continue this ControlNetModel folder; "" = a new one from the teacher U-Net
+    conditioning_scale: float = 1.0
+    val_steps: int = 20
+    val_guidance: float = 3.0
+    lr: float = 1e-4
+
+    method = "controlnet_teacher"
+
+    def errors(self):
+        e = super().errors()
+        if self.control_type not in ("edges", "depth"):
+            e.append(f"control_type={self.control_type!r} must be edges or depth (the world's ground-truth maps)")
+        if self.num_images < 1:
+            e.append(f"num_images={self.num_images} must be >= 1")
+        return e
+
+
+class ControlNetTeacher(Method):
+    config_cls = ControlNetTeacherConfig
+    ema_target = "controlnet"
+
+    def setup(self, accelerator):
+        from sdxs_core.architectures import build_controlnet
+
+        c = self.config
+        teacher = self.load_teacher(accelerator)
+        vae_factor = 2 ** (len(teacher["vae"].config.block_out_channels) - 1)
+        data = world_data(teacher["vae"], c.num_images, c.seed, c.control_type, c.style)
+        self.pairs = {"noise": torch.zeros_like(data["latents"]), **data}
+        cn = load_controlnet(c.controlnet, self.device) if c.controlnet else build_controlnet(teacher["unet"], vae_factor)
+        self.nets = {"controlnet": cn.to(self.device).requires_grad_(True)}
+        self.control_engine = self.engine(teacher["unet"])
+        self.model = Controlled(teacher["unet"], lambda: self.nets["controlnet"], c.conditioning_scale)
+        return [Phase("controlnet", self.nets["controlnet"], self.loss)]
+
+    def batch(self, step, micro, accelerator):
+        batch = super().batch(step, micro, accelerator)
+        maps = [self.pairs["maps"][i] for i in batch["index"].tolist()]
+        batch["control"] = self.control_engine.prepare_control(maps, len(maps), self.resolution, self.resolution).float()
+        return batch
+
+    def loss(self, batch, step):
+        from trainers.core.diffusion import unet_forward
+
+        x0 = batch["latents"].float()
+        t = self.schedule.sample_t(x0.shape[0], 0.0, 1.0, batch["generator"], x0.device)
+        noise = torch.randn(x0.shape, generator=batch["generator"], device=x0.device)
+        pred = unet_forward(self.model.use(batch["control"]), self.schedule.add_noise(x0, noise, t), t, batch["embeds"])
+        loss = F.mse_loss(pred, self.schedule.target(x0, noise, t))
+        return loss, {"denoise": loss.item()}
+
+    @torch.no_grad()
+    def validation_images(self):
+        from sdxs_core.engine import OneStepEngine
+
+        c, t = self.config, self.teacher
+        k = min(len(c.val_prompts), len(self.pairs["prompts"]))
+        cn = unwrap(self.nets["controlnet"])
+        with borrowed(t["unet"], cn):
+            engine = OneStepEngine(t["tokenizer"], t["text_encoder"], t["unet"], t["vae"], t["scheduler"], controlnet=cn)
+            return engine.generate(self.pairs["prompts"][:k], seed=c.val_seed, control_image=list(self.pairs["maps"][:k]),
+                                   num_inference_steps=c.val_steps, guidance_scale=c.val_guidance,
+                                   height=self.resolution, width=self.resolution, output_type="np").images
+
+    def export(self, out, nets, info):
+        c = self.config
+        return save_controlnet(nets["controlnet"], out, {**info, "teacher": c.teacher, "control_type": c.control_type,
+                                                         "data": f"{c.num_images} {c.style} world renders"})
+
+
+if __name__ == "__main__":
+    main(ControlNetTeacher, doc=__doc__)

@@ -1,0 +1,172 @@
+"""LoRA distillation into the one-step student by Segmented Score Distillation (paper section 3.2,
+"LoRA", Fig. 4): a style LoRA made for the multi-step base becomes a LoRA of the one-step model.
+
+Frozen:  the offline DM = the offline U-Net + the pretrained style LoRA (real score of the styled
+         distribution); the teacher (its ODE pairs, sampled with the style LoRA when
+         ``teacher_takes_lora``, are the FM targets; its plain down stages are the FM encoder); the
+         student's base weights; the text encoder.
+Trained: a new PEFT LoRA on the one-step student (rank / alpha / targets configurable; B starts at
+         zero, so training starts from the student itself: no FM warmup); the online DM, a full copy
+         of the offline U-Net *without* the style LoRA (it models the student's own outputs).
+Loss:    as ``ssd``: online DM denoising loss every step; student: score difference on [0, alpha*T]
+         + lambda_FM * SSIM feature matching. Without the style LoRA in the teacher the FM targets
+         are unstyled, so lambda_FM is scaled by ``lambda_fm_scale_without_teacher_lora`` (< 1).
+Output:  ``final/pytorch_lora_weights.safetensors`` (diffusers format, alpha/rank baked into B) for
+         ``OneStepEngine.load_lora`` / ``load_engine(student, lora=...)``.
+
+The style LoRA may be a diffusers file, a PEFT folder or a kohya file (``sdxs_core.lora.read_lora``);
+one made for another base raises ``IncompatibleWeightsError`` before any pair is sampled.
+
+    python -m trainers.methods.lora_ssd --config trainers/configs/lora_ssd_miniature.yaml
+"""
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from trainers.core.diffusion import load_components, pair_cache, write_pipeline_atomically
+from trainers.core.loop import Phase
+from trainers.core.losses import ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder
+from trainers.core.method import main
+from trainers.core.schedules import Anneal
+from trainers.core.student import build_student
+from trainers.methods.ssd import SSD, SSDConfig
+
+STYLE_ADAPTER = "style"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class LoRASSDConfig(SSDConfig):
+    student: str = "copy"  # the one-step student: a pipeline / U-Net folder (the ssd output); copy for tests
+    style_lora: str = ""  # the pretrained LoRA of the multi-step base: diffusers / kohya file or PEFT folder
+    style_lora_scale: float = 1.0
+    teacher_takes_lora: bool = True  # the teacher samples its ODE pairs (FM targets) with the style LoRA
+    lambda_fm_scale_without_teacher_lora: float = 0.1  # lambda_FM factor when it does not (unstyled targets)
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    lora_dropout: float = 0.0
+
+    method = "lora_ssd"
+
+    def errors(self):
+        e = super().errors()
+        if not self.style_lora:
+            e.append("style_lora is required: the pretrained LoRA to distil (diffusers/kohya file or PEFT folder)")
+        elif not Path(self.style_lora).exists():
+            e.append(f"style_lora={self.style_lora!r} does not exist")
+        if self.lora_rank < 1 or not self.lora_alpha > 0 or not self.lora_targets:
+            e.append(f"lora_rank={self.lora_rank} must be >= 1, lora_alpha={self.lora_alpha} > 0, lora_targets non-empty")
+        if not 0 < self.lambda_fm_scale_without_teacher_lora <= 1:
+            e.append(f"lambda_fm_scale_without_teacher_lora={self.lambda_fm_scale_without_teacher_lora} must be in (0, 1]")
+        return e
+
+
+def add_student_lora(unet, rank: int, alpha: float, targets: list[str], dropout: float = 0.0):
+    """Freeze ``unet`` and give it a new PEFT LoRA (B = 0: the model is unchanged until trained).
+    The LoRA's parameters are then the only ones that require grad."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
+                                init_lora_weights=True))
+    return unet
+
+
+def student_lora_state(unet, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """The student LoRA in diffusers naming, with ``alpha / rank`` folded into B: a diffusers file
+    carries no alpha, and loaders then assume alpha = rank (scale 1)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
+    for k in state:
+        if "lora_B" in k:
+            state[k] *= alpha / rank
+    return convert_state_dict_to_diffusers(state)
+
+
+class _LoRAFile:
+    """What ``write_pipeline_atomically`` saves: one diffusers LoRA file."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def save_pretrained(self, folder, safe_serialization=True):
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=self.state, safe_serialization=True)
+
+
+def add_style_lora(unet, source: str, scale: float):
+    """The pretrained LoRA into a frozen U-Net, through the engine's loader (checked first)."""
+    from sdxs_core.lora import apply_lora
+
+    apply_lora(unet, source, STYLE_ADAPTER)
+    unet.set_adapters([STYLE_ADAPTER], [scale])
+    return unet.eval().requires_grad_(False)  # peft's set_adapter marks the active adapter trainable
+
+
+class LoRASSD(SSD):
+    config_cls = LoRASSDConfig
+
+    def setup(self, accelerator):
+        from sdxs_core.errors import IncompatibleWeightsError
+        from sdxs_core.lora import check_lora_fits, read_lora
+
+        c = self.config
+        teacher = self.load_teacher(accelerator)
+        base = teacher["unet"] if not c.offline_dm else load_components(c.offline_dm, self.device)["unet"]
+        # 1. refuse a LoRA for another base now, before the (expensive) teacher pairs are sampled
+        state, _, _ = read_lora(c.style_lora)
+        check_lora_fits(base, state)
+        if c.teacher_takes_lora:
+            try:
+                check_lora_fits(teacher["unet"], state)
+            except IncompatibleWeightsError as e:
+                raise IncompatibleWeightsError(f"{e} The teacher cannot take this LoRA: set teacher_takes_lora: false "
+                                               f"(lambda_FM is then scaled down).") from None
+        # 2. networks: copies of the plain U-Nets before any LoRA goes anywhere
+        student, self.student_info = build_student(c.student, teacher["unet"])
+        student = add_student_lora(student.to(self.device), c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_dropout)
+        online = copy.deepcopy(base).requires_grad_(True)  # no style LoRA: it models the student's outputs
+        offline = add_style_lora(copy.deepcopy(base), c.style_lora, c.style_lora_scale)  # teacher stays plain (FM encoder)
+        self.nets, self.offline = {"student": student, "online_dm": online}, offline
+        # 3. the teacher's ODE pairs: styled when the teacher takes the LoRA
+        self.load_pairs(accelerator)
+        steps = c.anneal_steps or c.max_steps
+        fm_scale = 1.0 if c.teacher_takes_lora else c.lambda_fm_scale_without_teacher_lora
+        self.alpha = Anneal(c.alpha_start, c.alpha_end, steps, c.anneal)
+        self.lambda_fm = Anneal(c.lambda_fm_start * fm_scale, c.lambda_fm_end * fm_scale, steps, c.anneal)
+        self.fm = SSIMFeatureLoss(UNetEncoder(teacher["unet"], c.fm_timestep), c.fm_weights)
+        self.score = ScoreDistillationLoss(offline, self.nets_proxy("online_dm"), self.schedule, c.real_guidance, c.t_min)
+        return [Phase("online_dm", online, self.online_loss, lr=c.online_lr or None),
+                Phase("student", student, self.student_loss, every=c.student_every)]
+
+    def load_pairs(self, accelerator):
+        c = self.config
+        default = "pairs-style.safetensors" if c.teacher_takes_lora else "pairs.safetensors"
+        path = Path(c.pair_cache or Path(c.run_dir) / default)
+        args = (path, c.teacher, self.prompts, c.num_pairs, c.teacher_steps, c.teacher_guidance, self.resolution,
+                c.seed, self.device)
+        lora = dict(lora=c.style_lora, lora_scale=c.style_lora_scale) if c.teacher_takes_lora else {}
+        if accelerator.is_main_process:
+            pair_cache(*args, **lora)
+        accelerator.wait_for_everyone()
+        self.pairs = pair_cache(*args, **lora)
+        return self.pairs
+
+    def export(self, out, nets, info):
+        c = self.config
+        state = student_lora_state(nets["student"], c.lora_rank, c.lora_alpha)
+        info = {**info, "teacher": c.teacher, "student": c.student, "style_lora": c.style_lora,
+                "teacher_takes_lora": c.teacher_takes_lora, "rank": c.lora_rank, "alpha_baked_into_B": c.lora_alpha}
+        return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
+
+
+if __name__ == "__main__":
+    main(LoRASSD, doc=__doc__)

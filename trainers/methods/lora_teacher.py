@@ -1,0 +1,65 @@
+"""A style LoRA of the multi-step teacher, trained the usual way: what ``lora_ssd`` distils
+(``style_lora``) and the miniature world does not ship.
+
+Frozen:  the teacher U-Net's base weights, VAE and text encoder.
+Trained: a PEFT LoRA on the teacher U-Net (B = 0 at start).
+Data:    miniature-world renders in the ``pastel`` style (the VAE's latents) with their captions.
+Loss:    the plain diffusion loss (epsilon / v MSE), t over [0, T).
+Output:  ``final/pytorch_lora_weights.safetensors`` (diffusers format) for the teacher's engine.
+
+    python -m trainers.methods.lora_teacher --teacher assets/miniature/teacher --run-dir runs/miniature/lora_teacher
+"""
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from trainers.core.config import TrainConfig
+from trainers.core.diffusion import write_pipeline_atomically
+from trainers.core.loop import Phase
+from trainers.core.losses import DenoisingLoss
+from trainers.core.method import Method, main
+from trainers.methods.controlnet_ssd import world_data
+from trainers.methods.lora_ssd import _LoRAFile, add_student_lora, student_lora_state
+
+
+@dataclass
+class LoRATeacherConfig(TrainConfig):
+    style: str = "pastel"
+    num_images: int = 4096  # world renders, encoded once
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    lr: float = 1e-4
+
+    method = "lora_teacher"
+
+
+class LoRATeacher(Method):
+    config_cls = LoRATeacherConfig
+
+    def setup(self, accelerator):
+        c = self.config
+        teacher = self.load_teacher(accelerator)
+        data = world_data(teacher["vae"], c.num_images, c.seed, "edges", c.style)
+        self.pairs = {"noise": torch.zeros_like(data["latents"]), "latents": data["latents"], "prompts": data["prompts"]}
+        unet = add_student_lora(teacher["unet"], c.lora_rank, c.lora_alpha, c.lora_targets)
+        self.nets = {"student": unet}
+        return [Phase("student", unet, self.loss)]
+
+    def loss(self, batch, step):
+        return DenoisingLoss(self.nets["student"], self.schedule)(batch["latents"], batch["embeds"], batch["generator"])
+
+    def validation_images(self):
+        return None  # a multi-step teacher: check it with the evaluator, not one-step samples
+
+    def export(self, out, nets, info):
+        c = self.config
+        state = student_lora_state(nets["student"], c.lora_rank, c.lora_alpha)
+        info = {**info, "teacher": c.teacher, "style": c.style, "rank": c.lora_rank, "alpha_baked_into_B": c.lora_alpha}
+        return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
+
+
+if __name__ == "__main__":
+    main(LoRATeacher, doc=__doc__)
