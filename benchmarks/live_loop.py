@@ -1,35 +1,60 @@
-"""The live loop through the real server path: the app launched in-process, webcam-like JPEG frames
-sent one after another to its ``/live_frame`` endpoint with gradio_client (the same per-frame
-function and per-session state as the browser stream; one frame in flight, never a queue).
+"""The live loop through the real server path: the app launched in-process and fed webcam frames,
+either by a real browser (``--client browser``, the default) or by gradio_client (``--client api``).
 
-Reports what a user gets: delivered FPS, end-to-end latency per frame (client send -> generated frame
-received: upload, queue, extraction, generation, JPEG encode, download) as median and p95, and the
-server's time per stage (median over generated frames). Client and server share this machine's
-CPU, as they would with a browser on the same box. Each gradio_client call joins the queue and
-opens an event stream afresh (~150 ms on a 2-core CPU even for a no-op endpoint), which a
-browser's webcam stream does once: ``server_latency_ms_p50`` (frame in -> frame out inside the
-server) shows how much of the end-to-end latency is the model and how much the transport.
+``--client browser`` measures what a user sees. Headless Chromium opens the Live tab with a fake
+webcam playing a clip this benchmark writes (a white square stepping across black, 512x512, 30 fps,
+10 s, looped: every frame differs, so none is skipped as static) and streams it exactly as a user's
+browser does. After ``--warmup-seconds``, for ``--seconds``:
 
-    python -m benchmarks.live_loop                        # bundled miniature model (tiny random if absent)
-    python -m benchmarks.live_loop --model PATH --controlnet PATH --frames 100 --device cuda
+- delivered FPS (``fps``): distinct generated frames the page received per second (a
+  MutationObserver injected into the page timestamps every new ``src`` of the output ``<img>``).
+  The ``<img>`` then fetches the JPEG from the server; a frame whose successor arrives before it
+  has been fetched and decoded is never painted: ``fps_shown`` counts only the frames decoded
+  (``img.decode()`` resolved) before being replaced;
+- end-to-end latency, median and p95: from the page grabbing a webcam frame to send (the webcam
+  component's ``canvas.toDataURL``, wrapped) to the generated frame made from it being decoded in
+  the page. Frames are matched by content: the square's position names the frame within the loop,
+  and it is read back from the control map (a Canny map of that very input, which arrives with the
+  generated frame). This is upload + queue + extraction + generation + JPEG encode + download +
+  decode. Frames whose map cannot be matched are left out (``latency_frames`` says how many count);
+- server time per stage (median over generated frames) and server latency (frame in -> frame out
+  inside the server), recorded in-process around ``LiveSession.process``: the numbers behind the
+  page's readout line, unrounded. ``generated`` / ``reused`` / ``superseded`` count the window.
+
+``--client api`` sends JPEG frames one after another to the ``/live_frame`` endpoint (the same
+per-frame function and per-session state) with gradio_client: its latency is client send -> frame
+received per call. Each call joins the queue and opens an event stream afresh (~150-250 ms on a
+2-core CPU even for a no-op), which a browser's stream does once, so it understates FPS.
+
+Browser, server and model share this machine's CPU, as they would with a browser on the same box.
+
+    python -m benchmarks.live_loop                        # browser, bundled miniature model (tiny random if absent)
+    python -m benchmarks.live_loop --client api --frames 50
+    python -m benchmarks.live_loop --model PATH --controlnet PATH --device cuda --seconds 30
 """
 
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from sdxs_core.stream import STAGES
+from sdxs_core.stream import STAGES, LiveSession
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = "a red heart above a blue star on a white background"
+CLIP_FPS = 30
+LATENCY_KINDS = {
+    "browser": "end-to-end in the browser: webcam frame grabbed for sending -> the generated frame made "
+               "from it decoded in the page (matched by content)",
+    "api": "gradio_client call: frame sent -> generated frame received",
+}
 
 
 def write_frames(folder: Path, n: int, side: int) -> list[Path]:
@@ -47,16 +72,181 @@ def write_frames(folder: Path, n: int, side: int) -> list[Path]:
     return paths
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def median_stages(stages: list[dict]) -> dict:
+    return {s: round(statistics.median(st[s] for st in stages), 1) for s in STAGES} if stages else {}
+
+
+@contextmanager
+def server_log():
+    """Every frame result the server delivers, as (perf_counter time, session, FrameResult), recorded
+    by wrapping ``LiveSession.process`` for the duration (the app code is not changed)."""
+    log, original = [], LiveSession.process
+
+    def process(self, engine, frame, params):
+        result = original(self, engine, frame, params)
+        if result is not None:
+            log.append((time.perf_counter(), self, result))
+        return result
+
+    LiveSession.process = process
+    try:
+        yield log
+    finally:
+        LiveSession.process = original
+
+
+def describe(hub, threads: int, frame_size: int, control_type: str, client: str) -> dict:
+    from benchmarks.latency import device_name
+
+    engine = hub.engine
+    return dict(device=device_name(engine.device), model=hub.model_key, controlnet=hub.controlnet_key,
+                dtype=str(engine.dtype).removeprefix("torch."), threads=threads, image_size=engine.default_size,
+                frame_size=frame_size, control_type=control_type, client=client,
+                load_average_1m=round(os.getloadavg()[0], 2))  # other work on this machine skews the numbers
+
+
+# ---- --client browser ------------------------------------------------------------------------------
+def match_latencies(probe: dict, t0: float, t1: float, tolerance: float = 1.0, pair_ms: float = 20.0) -> list[float]:
+    """End-to-end ms for each output frame shown in [t0, t1) (page ms) whose input can be found:
+    the control map that arrived with it (nearest ``src`` change within ``pair_ms``) gives the
+    square's position, and the latest frame sent before with that position is its input."""
+    latencies = []
+    controls = [c for c in probe["controls"] if c["pos"] is not None]
+    captures = [c for c in probe["captures"] if c["pos"] is not None]
+    for out in probe["outputs"]:
+        if not t0 <= out["t"] < t1 or out["shown"] is None:
+            continue
+        near = min(controls, key=lambda c: abs(c["t"] - out["t"]), default=None)
+        if near is None or abs(near["t"] - out["t"]) > pair_ms:
+            continue
+        (x, y) = near["pos"]
+        sent = [c["t"] for c in captures if c["t"] < out["t"]
+                and abs(c["pos"][0] - x) <= tolerance and abs(c["pos"][1] - y) <= tolerance]
+        if sent:
+            latencies.append(out["shown"] - sent[-1])
+    return latencies
+
+
+def measure_browser(hub, seconds: float = 15.0, warmup_s: float = 3.0, frame_size: int = 512,
+                    control_type: str = "canny", clip_s: float = 10.0, threads: int | None = None) -> dict:
+    """Stream the fake webcam through Chromium into the app over ``hub`` (loaded, with a
+    ControlNet) and measure; returns the report (see the module docstring)."""
+    from benchmarks.browser import launch_app, live_page, write_y4m
+
+    with tempfile.TemporaryDirectory() as tmp, server_log() as log, launch_app(hub) as url:
+        clip = write_y4m(Path(tmp) / "camera.y4m", side=frame_size, frames=round(clip_s * CLIP_FPS), fps=CLIP_FPS)
+        with live_page(url, clip, control_type) as page:
+            page.wait_for_function("window.__probe.outputs.length > 0")  # the first generated frame
+            time.sleep(warmup_s)
+            t0, start = page.evaluate("performance.now()"), time.perf_counter()
+            time.sleep(seconds)
+            t1, end = page.evaluate("performance.now()"), time.perf_counter()
+            probe = page.evaluate("window.__probe")
+            readout = page.locator("#live-readout [data-testid=markdown]").inner_text()
+
+    window_s = (t1 - t0) / 1e3
+    received = [o for o in probe["outputs"] if t0 <= o["t"] < t1]
+    shown = [o for o in received if o["shown"] is not None]  # decoded before a newer frame replaced it
+    sent = [c for c in probe["captures"] if t0 <= c["t"] < t1]
+    results = [(s, r) for t, s, r in log if start <= t < end]
+    latencies = match_latencies(probe, t0, t1)
+    sessions = {id(s): s for s, _ in results}
+    return dict(
+        describe(hub, threads or os.cpu_count(), frame_size, control_type, "browser"),
+        seconds=round(window_s, 2), frames_sent=len(sent), frames=len(received),
+        fps=round(len(received) / window_s, 2), fps_shown=round(len(shown) / window_s, 2),
+        latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
+        latency_kind=LATENCY_KINDS["browser"], latency_frames=len(latencies),
+        server_latency_ms_p50=percentile([r.latency_ms for _, r in results if not r.reused], 50),
+        stages_ms=median_stages([r.stages_ms for _, r in results if not r.reused]),
+        generated=sum(not r.reused for _, r in results), reused=sum(r.reused for _, r in results),
+        superseded=sum(s.stats().superseded for s in sessions.values()),  # over the whole run, warm-up included
+        sessions=len(sessions), readout=" ".join(readout.split()),
+    )
+
+
+# ---- --client api ----------------------------------------------------------------------------------
+def measure_api(hub, frames: int = 50, warmup: int = 3, frame_size: int = 512, control_type: str = "canny",
+                threads: int | None = None) -> dict:
+    """Send ``warmup`` + ``frames`` frames one at a time to ``/live_frame`` with gradio_client."""
+    from gradio_client import Client, handle_file
+
+    from benchmarks.browser import launch_app
+
+    with launch_app(hub) as url, tempfile.TemporaryDirectory() as tmp:
+        client = Client(url, verbose=False)
+        paths = write_frames(Path(tmp), warmup + frames, frame_size)
+        latencies, server_latencies, stages, reused = [], [], [], 0
+        start = time.perf_counter()
+        for i, path in enumerate(paths):
+            if i == warmup:
+                start = time.perf_counter()  # the timed run starts after the warm-up frames
+            t = time.perf_counter()
+            *_, info = client.predict(handle_file(str(path)), PROMPT, control_type, 0.8, 0, api_name="/live_frame")
+            if i >= warmup:
+                latencies.append((time.perf_counter() - t) * 1e3)
+                server_latencies.append(info["latency_ms"])
+                reused += info["frame_reused"]
+                if not info["frame_reused"]:
+                    stages.append(info["stages_ms"])
+        elapsed = time.perf_counter() - start
+    return dict(
+        describe(hub, threads or os.cpu_count(), frame_size, control_type, "api"),
+        seconds=round(elapsed, 2), frames_sent=frames, frames=frames, fps=round(frames / elapsed, 2),
+        latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
+        latency_kind=LATENCY_KINDS["api"], latency_frames=len(latencies),
+        server_latency_ms_p50=percentile(server_latencies, 50), stages_ms=median_stages(stages),
+        generated=frames - reused, reused=reused,
+    )
+
+
+# ---- output ----------------------------------------------------------------------------------------
+def table(report: dict) -> str:
+    def ms(v):
+        return "n/a" if v is None else f"{v:.0f} ms"
+
+    stages = report["stages_ms"]
+    head = (f"{report['model']} + {report['controlnet']} on {report['device']}, {report['dtype']}, "
+            f"{report['frame_size']}px frames -> {report['image_size']}px, client {report['client']}: "
+            f"{report['frames']} frames in {report['seconds']} s ({report['generated']} generated, "
+            f"{report['reused']} static reused), {report['threads']} threads\n\n")
+    shown = report.get("fps_shown")
+    rows = ["| delivered fps | shown fps | latency p50 | latency p95 | server latency p50 | "
+            + " | ".join(s.removesuffix("_ms") for s in STAGES) + " |",
+            "|---:" * (5 + len(STAGES)) + "|",
+            f"| {report['fps']:.1f} | {'n/a' if shown is None else f'{shown:.1f}'} | "
+            f"{ms(report['latency_ms_p50'])} | {ms(report['latency_ms_p95'])} | "
+            f"{ms(report['server_latency_ms_p50'])} | "
+            + " | ".join(f"{stages.get(s, float('nan')):.1f}" for s in STAGES) + " |"]
+    return head + "\n".join(rows) + (f"\n\n(shown: decoded in the page before the next frame replaced it; "
+                                     f"latency: {report['latency_kind']}, {report['latency_frames']} frames; "
+                                     "server latency: frame in -> frame out in the server; stages: server ms, "
+                                     "median over generated frames)")
+
+
+def write_report(report: dict, path: Path) -> None:
+    """Write ``report`` as JSON atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--client", choices=("browser", "api"), default="browser",
+                        help="browser: headless Chromium with a fake webcam (what a user sees); "
+                             "api: gradio_client calls to /live_frame")
     parser.add_argument("--model", default=None, help="preset or folder (default: what the app opens with)")
     parser.add_argument("--controlnet", default=None, help="ControlNet (default: the first local one that fits)")
-    parser.add_argument("--frames", type=int, default=50, help="timed frames, after --warmup untimed ones")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=15.0, help="browser: measured seconds")
+    parser.add_argument("--warmup-seconds", type=float, default=3.0, help="browser: unmeasured seconds first")
+    parser.add_argument("--frames", type=int, default=50, help="api: timed frames, after --warmup untimed ones")
+    parser.add_argument("--warmup", type=int, default=3, help="api: untimed frames first")
     parser.add_argument("--frame-size", type=int, default=512, help="side of the square input frames (as a webcam "
                                                                     "asked for 512x512 sends)")
     parser.add_argument("--control-type", default="canny")
@@ -65,14 +255,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS / "live_loop.json")
     args = parser.parse_args(argv)
-    if args.frames < 2 or args.warmup < 0:
-        parser.error("--frames must be >= 2 and --warmup >= 0")
+    if args.frames < 2 or args.warmup < 0 or args.seconds <= 0 or args.warmup_seconds < 0:
+        parser.error("--frames must be >= 2, --seconds > 0, --warmup and --warmup-seconds >= 0")
 
     import torch
-    from gradio_client import Client, handle_file
 
-    import app
-    from benchmarks.latency import device_name
     from sdxs_core.studio import ModelHub
 
     torch.set_num_threads(args.threads)
@@ -80,59 +267,13 @@ def main(argv=None):
     print(hub.start(args.model or hub.default_model(), controlnet=args.controlnet).replace("**", ""))
     if hub.engine is None or hub.engine.controlnet is None:
         parser.error("the live loop needs a model with a ControlNet: pass --controlnet")
-    demo = app.build_demo(hub)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        with tempfile.TemporaryDirectory() as tmp:
-            frames = write_frames(Path(tmp), args.warmup + args.frames, args.frame_size)
-            latencies, server_latencies, stages, reused = [], [], [], 0
-            start = time.perf_counter()
-            for i, path in enumerate(frames):
-                if i == args.warmup:
-                    start = time.perf_counter()  # the timed run starts after the warm-up frames
-                t0 = time.perf_counter()
-                *_, info = client.predict(handle_file(str(path)), PROMPT, args.control_type, 0.8, 0,
-                                          api_name="/live_frame")
-                if i >= args.warmup:
-                    latencies.append((time.perf_counter() - t0) * 1e3)
-                    server_latencies.append(info["latency_ms"])
-                    reused += info["frame_reused"]
-                    if not info["frame_reused"]:
-                        stages.append(info["stages_ms"])
-            elapsed = time.perf_counter() - start
-    finally:
-        demo.close()
-
-    engine = hub.engine
-    report = dict(
-        device=device_name(engine.device), model=hub.model_key, controlnet=hub.controlnet_key,
-        dtype=str(engine.dtype).removeprefix("torch."), threads=args.threads, image_size=engine.default_size,
-        frame_size=args.frame_size, control_type=args.control_type, frames=args.frames, reused=reused,
-        fps=round(args.frames / elapsed, 2),
-        latency_ms_p50=round(statistics.median(latencies), 1), latency_ms_p95=round(percentile(latencies, 95), 1),
-        server_latency_ms_p50=round(statistics.median(server_latencies), 1),
-        stages_ms={s: round(statistics.median(st[s] for st in stages), 1) for s in STAGES} if stages else {},
-    )
-    print(f"\n{report['model']} + {report['controlnet']} on {report['device']}, {report['dtype']}, "
-          f"{args.frame_size}px frames -> {engine.default_size}px, {args.frames} frames "
-          f"({reused} static reused), {args.threads} threads\n")
-    print("| delivered fps | latency p50 | latency p95 | server latency p50 | "
-          + " | ".join(s.removesuffix("_ms") for s in STAGES) + " |")
-    print("|---:" * (4 + len(STAGES)) + "|")
-    print(f"| {report['fps']:.1f} | {report['latency_ms_p50']:.0f} ms | {report['latency_ms_p95']:.0f} ms | "
-          f"{report['server_latency_ms_p50']:.0f} ms | "
-          + " | ".join(f"{report['stages_ms'].get(s, float('nan')):.1f}" for s in STAGES) + " |")
-    print("\n(latency: client send -> frame received; server latency: frame in -> frame out in the server; "
-          "stages: server ms, median over generated frames)")
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    if args.client == "browser":
+        report = measure_browser(hub, args.seconds, args.warmup_seconds, args.frame_size, args.control_type,
+                                 threads=args.threads)
+    else:
+        report = measure_api(hub, args.frames, args.warmup, args.frame_size, args.control_type, threads=args.threads)
+    print("\n" + table(report))
+    write_report(report, args.out)
     print(f"wrote {args.out}")
 
 
