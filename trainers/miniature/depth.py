@@ -22,7 +22,7 @@ import torch
 from sdxs_core.depth import DEFAULT_MINIATURE_DIR, MiniatureDepth, MiniatureDepthNet, to_input
 
 from . import world
-from .classifier import degrade
+from .classifier import degrade, fit_on_world, torch_threads
 from .evaluate import depth_correlation
 
 DEFAULT_CONFIG = {"channels": [8, 16, 32, 64, 128], "resolution": world.SIZE}
@@ -69,29 +69,6 @@ def _order_accuracy(pred: np.ndarray, data: dict) -> float:
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def _fit(model: MiniatureDepthNet, steps: int, batch: int, seed: int, lr: float, grad_weight: float, log_every: int) -> list[float]:
-    device = next(model.parameters()).device
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    losses, start = [], time.time()
-    model.train()
-    for step in range(steps):
-        data = world.render_batch(seed * 1_000_003 + step, batch, style="mixed", split="train")
-        x = to_input(degrade(data["images"], rng, strength=0.7)).to(device)  # [B, 3, 64, 64]
-        y = torch.from_numpy(data["depth"]).to(device)  # [B, 64, 64]
-        loss, parts = depth_loss(model(x), y, grad_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1:5d}  loss {np.mean(losses[-log_every:]):.4f}  l1 {parts['l1']:.4f}  "
-                  f"grad {parts['grad']:.4f}  {time.time() - start:.0f}s", flush=True)
-    return losses
-
-
 def train_depth(
     out_dir: str | None,
     steps: int = 1500,
@@ -108,21 +85,21 @@ def train_depth(
     """Train, evaluate on the eval split, save to out_dir (None: do not save). Returns the saved metrics
     plus "loss" (every step's total loss). `threads` holds only while this runs (one is fastest on a
     busy shared CPU)."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    def batch_loss(model, x, data):
+        return depth_loss(model(x), torch.from_numpy(data["depth"]).to(x.device), grad_weight)  # target [B, 64, 64]
+
+    with torch_threads(threads):
         torch.manual_seed(seed)
         model = MiniatureDepthNet(**(config or DEFAULT_CONFIG)).to(device)
         start = time.time()
-        losses = _fit(model, steps, batch, seed, lr, grad_weight, log_every)
+        losses = fit_on_world(model, steps, batch, seed, lr, batch_loss, prepare=to_input, degrade_strength=0.7,
+                              log_every=log_every)
         metrics = {
             "steps": steps, "batch": batch, "seed": seed, "lr": lr, "grad_weight": grad_weight, "threads": threads,
             "parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds": round(time.time() - start, 1),
             "eval": evaluate(model, eval_images, seed),
         }
-    finally:
-        torch.set_num_threads(previous_threads)
     if out_dir is not None:
         model.cpu().save_pretrained(out_dir, metrics)
     return {**metrics, "loss": losses}
