@@ -1,0 +1,102 @@
+"""The SDXS method on the miniature world: teacher, KD student and the one-step students, side by side.
+
+Rows (any whose folder is missing is skipped and listed): teacher with its sampler + CFG, teacher at one
+step, block-removal KD student with the teacher's sampler, MSE-regression one-step (Fig. 6's contrast),
+FM-only one-step, FM + SSD one-step (the final model). Every row shares prompts, seeds and the real
+reference sets, and adds the U-Net's parameters and GFLOPs per image (counted by torch's FLOP counter).
+
+    python -m benchmarks.miniature_sdxs --runs runs/miniature --n 256
+"""
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+ROW_KEYS = ("model", "nfe", "cfg", "prompt_accuracy", "mfid", "diversity", "latency_ms")
+
+
+def unet_cost(engine) -> tuple[int, float]:
+    """Parameters and GFLOPs of one U-Net forward on one image at the model's native size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = engine.unet
+    side = unet.config.sample_size
+    x = torch.zeros(1, unet.config.in_channels, side, side, device=engine.device, dtype=engine.dtype)
+    text = engine.encode_prompt([""])
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet(x, torch.tensor([999], device=engine.device), encoder_hidden_states=text)
+    return sum(p.numel() for p in unet.parameters()), counter.get_total_flops() / 1e9
+
+
+def rows_to_run(teacher: Path, runs: Path, steps: int, cfg: float) -> list[tuple[str, Path, int, float]]:
+    return [("teacher", teacher, steps, cfg), ("teacher", teacher, 1, 0.0),
+            ("KD student", runs / "block_kd" / "final", steps, cfg),
+            ("MSE one-step", runs / "mse_baseline" / "final", 1, 0.0),
+            ("FM-only one-step", runs / "fm_warmup" / "final", 1, 0.0),
+            ("FM+SSD one-step", runs / "ssd" / "final", 1, 0.0)]
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| model | NFE | CFG | prompt acc. | mFID | diversity | U-Net params | GFLOPs | ms/image |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['nfe']} | {r['cfg']:g} | {r['prompt_accuracy']:.1%} | {r['mfid']:.1f} | "
+                     f"{r['diversity']:.2f} | {r['unet_params'] / 1e6:.2f} M | {r['unet_gflops']:.3f} | {r['latency_ms']:.1f} |")
+    lines.append(f"| real images (reference) | - | - | {report['real_prompt_accuracy']:.1%} | "
+                 f"{report['real_vs_real_mfid']:.1f} (floor) | {report['real_diversity']:.2f} | - | - | - |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, default=ROOT / "assets" / "miniature" / "teacher")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "miniature", help="trainer run folders")
+    parser.add_argument("--steps", type=int, default=25, help="sampler steps of the multi-step rows")
+    parser.add_argument("--cfg", type=float, default=5.0, help="guidance of the multi-step rows")
+    parser.add_argument("--n", type=int, default=256, help="images per row")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "miniature_sdxs.json")
+    args = parser.parse_args(argv)
+
+    import cv2
+    import torch
+
+    from sdxs_core.loading import load_engine
+    from trainers.miniature.classifier import load_classifier
+    from trainers.miniature.evaluate import evaluate_model, write_json
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)
+    start = time.perf_counter()
+    classifier = load_classifier()
+    rows, skipped, first = [], [], None
+    for name, folder, steps, cfg in rows_to_run(args.teacher, args.runs, args.steps, args.cfg):
+        if not (folder / "model_index.json").is_file():
+            skipped.append(f"{name}: no model at {folder}")
+            continue
+        engine = load_engine(folder, device="cpu")
+        result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, classifier=classifier, name=name)
+        first = first or result
+        params, gflops = unet_cost(engine)
+        rows.append({**{k: result[k] for k in ROW_KEYS}, "steps": steps, "unet_params": params,
+                     "unet_gflops": round(gflops, 4), "attribute_accuracy": result["attribute_accuracy"],
+                     "path": os.path.relpath(folder.resolve(), ROOT)})
+        print(f"{name} ({steps} steps): {result['prompt_accuracy']:.1%}, mFID {result['mfid']:.1f}", flush=True)
+    if first is None:
+        parser.error("no model folders found: " + "; ".join(skipped))
+    report = {"n_images": args.n, "rows": rows, "real_vs_real_mfid": first["real_vs_real_mfid"],
+              "real_diversity": first["real_diversity"], "real_prompt_accuracy": first["real_prompt_accuracy"],
+              "skipped": skipped, "threads": args.threads, "wall_seconds": round(time.perf_counter() - start, 1)}
+    print()
+    print(markdown_table(report))
+    write_json(report, args.out)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
