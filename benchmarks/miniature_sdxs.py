@@ -13,9 +13,7 @@ import os
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
-ROW_KEYS = ("model", "nfe", "cfg", "prompt_accuracy", "mfid", "diversity", "latency_ms")
+from benchmarks.miniature_teacher import RESULTS, ROOT, ROW_KEYS
 
 
 def unet_cost(engine) -> tuple[int, float]:
