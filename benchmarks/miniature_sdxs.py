@@ -30,6 +30,38 @@ def unet_cost(engine) -> tuple[int, float]:
     return sum(p.numel() for p in unet.parameters()), counter.get_total_flops() / 1e9
 
 
+def decoder_comparison(teacher: Path, decoder: Path, n: int = 256, repeats: int = 20) -> dict:
+    """Tiny decoder vs the teacher's VAE decoder on the teacher's latents of held-out scenes: PSNR of
+    the tiny decode against the VAE decode (what Eq. 5 trains for), and decode time per image."""
+    import torch
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    from trainers.miniature import world
+
+    folder = decoder / "vae" if (decoder / "vae").is_dir() else decoder
+    vae = AutoencoderKL.from_pretrained(teacher / "vae", dtype=torch.float32).eval()
+    tiny = AutoencoderTiny.from_pretrained(folder, dtype=torch.float32).eval()
+    images = world.render_batch(20261126, n, style="plain", split="eval")["images"]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    with torch.inference_mode():
+        z = vae.encode(x).latent_dist.mean  # unscaled: what both decoders receive in a pipeline
+        ref = vae.decode(z).sample.clamp(-1, 1)
+        out = tiny.decode(z * vae.config.scaling_factor / tiny.config.scaling_factor).sample.clamp(-1, 1)
+        mse = ((out - ref) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        times = {}
+        for name, decode in (("vae", lambda: vae.decode(z[:1])), ("tiny", lambda: tiny.decode(z[:1] * vae.config.scaling_factor / tiny.config.scaling_factor))):
+            decode()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                decode()
+            times[name] = (time.perf_counter() - t0) / repeats * 1000
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"n_images": n, "psnr_vs_vae_db": round(float((10 * torch.log10(1 / mse)).mean()), 2),
+            "vae_decode_ms": round(times["vae"], 2), "tiny_decode_ms": round(times["tiny"], 2),
+            "vae_decoder_params": count(vae.decoder), "tiny_decoder_params": count(tiny.decoder),
+            "path": os.path.relpath(folder.resolve(), ROOT)}
+
+
 def rows_to_run(teacher: Path, runs: Path, steps: int, cfg: float) -> list[tuple[str, Path, int, float]]:
     return [("teacher", teacher, steps, cfg), ("teacher", teacher, 1, 0.0),
             ("KD student", runs / "block_kd" / "final", steps, cfg),
@@ -87,11 +119,16 @@ def main(argv=None):
         print(f"{name} ({steps} steps): {result['prompt_accuracy']:.1%}, mFID {result['mfid']:.1f}", flush=True)
     if first is None:
         parser.error("no model folders found: " + "; ".join(skipped))
-    report = {"n_images": args.n, "rows": rows, "real_vs_real_mfid": first["real_vs_real_mfid"],
+    decoder = args.runs / "decoder" / "final"
+    decoders = decoder_comparison(args.teacher, decoder) if (decoder / "vae").is_dir() else None
+    report = {"n_images": args.n, "rows": rows, "decoders": decoders, "real_vs_real_mfid": first["real_vs_real_mfid"],
               "real_diversity": first["real_diversity"], "real_prompt_accuracy": first["real_prompt_accuracy"],
               "skipped": skipped, "threads": args.threads, "wall_seconds": round(time.perf_counter() - start, 1)}
     print()
     print(markdown_table(report))
+    if decoders:
+        print(f"\ntiny decoder vs VAE decoder: PSNR {decoders['psnr_vs_vae_db']:.2f} dB against the VAE decode; "
+              f"{decoders['tiny_decode_ms']:.2f} vs {decoders['vae_decode_ms']:.2f} ms per image")
     write_json(report, args.out)
     print(f"\nwrote {args.out}")
 

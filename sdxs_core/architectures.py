@@ -86,17 +86,24 @@ def build_controlnet(unet: UNet2DConditionModel, vae_scale_factor: int = 8, cond
     return controlnet
 
 
-def build_taesd(latent_channels: int = 4, tiny: bool = False, factor: int = 8) -> AutoencoderTiny:
+TAESD_SIZES = {"taesd": (64, 3), "half": (32, 3), "tiny": (8, 1)}  # name -> (width, blocks per stage)
+
+
+def build_taesd(latent_channels: int = 4, size: str = "taesd", factor: int = 8) -> AutoencoderTiny:
     """A TAESD-family autoencoder: conv + ReLU residual blocks, no norm, no attention (paper section 3.1).
 
-    ``factor`` 8 with default channels is TAESD itself (a 1.22 M-parameter decoder); other factors
-    keep one stage per 2x resampling (the miniature VAE downsamples 4x); ``tiny`` is for tests."""
-    if factor == 8 and not tiny:
+    ``factor`` 8 at size ``taesd`` is TAESD itself (a 1.22 M-parameter decoder); other factors keep
+    one stage per 2x resampling (the miniature VAE downsamples 4x). ``half`` (32 wide) is the
+    miniature world's: its VAE decoder is itself small, and TAESD's 64 channels at full resolution
+    would cost more than it. ``tiny`` is for tests."""
+    if size not in TAESD_SIZES:
+        raise ValueError(f"size={size!r} must be one of {', '.join(TAESD_SIZES)}")
+    if factor == 8 and size == "taesd":
         return AutoencoderTiny(latent_channels=latent_channels)
     if factor < 2 or factor & (factor - 1):
         raise ValueError(f"factor must be a power of two >= 2, got {factor}")
     n = factor.bit_length()  # stages: one more than the number of 2x resamplings
-    width, blocks = (8, 1) if tiny else (64, 3)
+    width, blocks = TAESD_SIZES[size]
     return AutoencoderTiny(
         latent_channels=latent_channels,
         encoder_block_out_channels=(width,) * n, decoder_block_out_channels=(width,) * n,

@@ -44,7 +44,7 @@ def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, scheduler:
     tokenizer = build_tokenizer()
     text_encoder = build_text_encoder(tokenizer, hidden_size=cross_attention_dim)
     unet = build_unet(tiny_unet_config(cross_attention_dim=cross_attention_dim), seed=seed)
-    vae = build_taesd(tiny=True)
+    vae = build_taesd(size="tiny")
     sched_cls = {"ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler, "lcm": LCMScheduler}[scheduler]
     kwargs = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing",
                   steps_offset=1)

@@ -112,6 +112,11 @@ def test_sdxs512_unet_is_the_real_architecture():
 
 def test_taesd_decoder_size():
     assert round(count_params(build_taesd().decoder) / 1e6, 2) == 1.22
+    taesd, half = build_taesd(size="taesd", factor=4), build_taesd(size="half", factor=4)
+    assert taesd.config.decoder_block_out_channels == (64,) * 3 and half.config.decoder_block_out_channels == (32,) * 3
+    assert count_params(half.decoder) < count_params(taesd.decoder) / 3
+    with pytest.raises(ValueError, match="size='huge'"):
+        build_taesd(size="huge")
 
 
 def test_controlnet_for_midblock_less_unet():

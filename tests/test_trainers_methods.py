@@ -1,18 +1,10 @@
 """Each training method end-to-end for a few steps on tiny random teachers; its output folder loads
 through ``sdxs_core.load_engine`` like any user model."""
 
-import pytest
 import torch
 
 SMALL = dict(batch_size=2, num_pairs=4, teacher_steps=2, num_prompts=8, max_steps=2, checkpoint_every=100,
              log_every=1, val_prompts=["a b"], lr=1e-3)
-
-
-@pytest.fixture(scope="module")
-def mid_teacher_dir(tmp_path_factory):
-    from trainers.core.testing import write_tiny_teacher
-
-    return write_tiny_teacher(tmp_path_factory.mktemp("models") / "tiny-mid")
 
 
 def run(method_cls, teacher, run_dir, **kw):

@@ -35,9 +35,12 @@ def vae_config() -> dict:
 
 
 def teacher_unet_config(cross_attention_dim: int) -> dict:
-    """SD's layout at miniature size: attention at the inner resolutions (8x8, 4x4) and in a mid block."""
-    return dict(sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=2,
-                block_out_channels=(64, 128, 128), norm_num_groups=32,
+    """SD's layout at miniature size: attention at the inner resolutions (8x8, 4x4) and in a mid block.
+
+    Narrow (32 channels at 16x16) and one layer per block: on two CPU cores the number of optimizer
+    steps, not width, is what the first 10 M-parameter teacher lacked."""
+    return dict(sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 64, 128), norm_num_groups=16,
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                 mid_block_type="UNetMidBlock2DCrossAttn",
                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -165,12 +168,21 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler_confi
     write_pipeline_atomically(pipe, out, {"train_stats.json": json.dumps(stats, indent=2)})
 
 
+def min_snr_weight(alphas_cumprod: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): nearly clean steps, whose
+    epsilon loss is large but teaches little about layout, stop dominating; ~3x faster convergence."""
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return snr.clamp(max=gamma) / snr
+
+
 def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torch.device, n_data: int,
-                  lr: float = 4e-4, p_uncond: float = 0.1, budget_s: float | None = None, seed: int = 0,
-                  init: Path | None = None, save_every_s: float | None = None, unet_config: dict | None = None) -> dict:
-    """Epsilon-prediction training of the U-Net and text encoder together (nothing pretrained exists
-    in this world); captions are dropped with probability ``p_uncond`` so CFG works at sampling.
-    ``init`` continues from a saved teacher folder (its weights; the optimizer starts fresh)."""
+                  lr: float = 5e-4, p_uncond: float = 0.1, budget_s: float | None = None, seed: int = 0,
+                  init: Path | None = None, save_every_s: float | None = None, unet_config: dict | None = None,
+                  text_steps: int = 600) -> dict:
+    """Epsilon-prediction training of the U-Net on a frozen text encoder, with captions dropped with
+    probability ``p_uncond`` so CFG works at sampling. Without ``init`` the text encoder is first
+    pretrained to read captions (``text.pretrain_text_encoder``); ``init`` continues from a saved
+    teacher folder (its weights; the optimizer starts fresh)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -178,17 +190,24 @@ def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torc
     tokenizer = text.load_tokenizer()
     # fp32 master weights whatever the files hold (the shipped teacher is fp16)
     vae = AutoencoderKL.from_pretrained(vae_dir, dtype=torch.float32).to(device).eval()
+    start = time.time()
     if init is not None:
         text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder", dtype=torch.float32).to(device)
         unet = UNet2DConditionModel.from_pretrained(init / "unet", dtype=torch.float32).to(device)
         prior = json.loads((init / "train_stats.json").read_text()) if (init / "train_stats.json").is_file() else {}
     else:
-        text_encoder = CLIPTextModel(text.build_text_encoder_config(tokenizer)).to(device)
+        text_encoder = CLIPTextModel(text.build_text_encoder_config(tokenizer))
+        text_stats = text.pretrain_text_encoder(text_encoder, tokenizer, steps=text_steps, seed=seed)
+        text_stats["seconds"] = round(time.time() - start, 1)
+        print(f"text encoder: {json.dumps(text_stats)}", flush=True)
+        text_encoder = text_encoder.to(device)
         unet = UNet2DConditionModel(**(unet_config or teacher_unet_config(text_encoder.config.hidden_size))).to(device)
-        prior = {}
-    history = prior.get("history", [{k: prior[k] for k in ("steps", "batch", "seconds") if k in prior}] if prior else [])
+        prior = {"text_encoder": text_stats}
+    text_encoder.requires_grad_(False).eval()
+    history = prior.get("history", [{k: prior[k] for k in ("steps", "batch", "seconds") if k in prior}] if "steps" in prior else [])
     noise_sched = DDPMScheduler(**noise_schedule_config())
     alphas = noise_sched.alphas_cumprod.to(device)
+    weights = min_snr_weight(alphas)
 
     latents, captions = encode_dataset(vae, n_data, device)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -196,23 +215,23 @@ def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torc
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     ids, empty = ids.to(device), empty.to(device)
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
-    ema_unet, ema_text = EMA(unet, 0.999), EMA(text_encoder, 0.999)
-    start, step, last_save = time.time(), 0, time.time()
-    ema_warmup = 0 if init is not None else None  # continuing: the weights are already averaged
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
+    ema = EMA(unet, 0.999)
+    step, last_save = 0, time.time()
+    ema_offset = 10_000 if init is not None else 0  # continuing: the weights are already averaged
 
     def snapshot() -> dict:
-        ema_unet.copy_to(unet_eval)
-        ema_text.copy_to(text_eval)
-        stats = {"steps": step, "batch": batch, "n_data": n_data, "seconds": round(time.time() - start, 1),
+        ema.copy_to(unet_eval)
+        seconds = round(time.time() - start, 1)
+        stats = {**{k: v for k, v in prior.items() if k not in ("steps", "batch", "seconds", "final_loss", "history")},
+                 "steps": step, "batch": batch, "n_data": n_data, "seconds": seconds,
                  "final_loss": round(loss.item(), 5), "device": device.type,
-                 "history": history + [{"steps": step, "batch": batch, "seconds": round(time.time() - start, 1)}]}
-        save_pipeline(out, vae, text_eval, tokenizer, unet_eval, noise_sched.config, stats)
+                 "history": history + [{"steps": step, "batch": batch, "seconds": seconds, "device": device.type}]}
+        save_pipeline(out, vae, text_encoder, tokenizer, unet_eval, noise_sched.config, stats)
         return stats
 
     import copy
-    unet_eval, text_eval = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    unet_eval = copy.deepcopy(unet)
     bar = tqdm(total=steps, desc="teacher", mininterval=5)
     while (progress := _progress(step, steps, start, budget_s)) < 1:
         idx = torch.randint(0, len(latents), (batch,), device=device)
@@ -225,18 +244,18 @@ def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torc
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for g in opt.param_groups:
             g["lr"] = _lr(step, progress, lr)
+        with torch.no_grad():
+            context = text_encoder(tok)[0]
         with _autocast(device):
-            pred = unet(xt, t, text_encoder(tok)[0]).sample
-        loss = F.mse_loss(pred.float(), noise)
+            pred = unet(xt, t, context).sample
+        loss = (weights[t] * (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher loss became {loss.item()} at step {step}; last good weights are in {out}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        ema_step = step if ema_warmup is None else 10_000 + step
-        ema_unet.update(unet, ema_step)
-        ema_text.update(text_encoder, ema_step)
+        ema.update(unet, ema_offset + step)
         step += 1
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
@@ -276,8 +295,8 @@ def main(argv=None):
     else:
         if args.vae is None:
             parser.error("--vae is required for the unet stage")
-        stats = train_teacher(args.vae, args.out, args.steps or 20_000, args.batch or 128, device,
-                              n_data=args.n_data, budget_s=budget, init=args.init, lr=args.lr or 4e-4,
+        stats = train_teacher(args.vae, args.out, args.steps or 20_000, args.batch or 64, device,
+                              n_data=args.n_data, budget_s=budget, init=args.init, lr=args.lr or 5e-4,
                               save_every_s=args.save_every * 60 if args.save_every else None)
     print(json.dumps(stats))
 

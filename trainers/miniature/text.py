@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 
@@ -139,6 +140,52 @@ def build_text_encoder_config(
         pad_token_id=tokenizer.pad_token_id,
         projection_dim=hidden_size,
     )
+
+
+def pretrain_text_encoder(encoder, tokenizer: CLIPTokenizer, steps: int = 400, batch: int = 256, lr: float = 1e-3,
+                          seed: int = 0, length: int = 24) -> dict:
+    """Teach the encoder to read captions before the U-Net ever sees it: the pooled (EOS) state must
+    predict every stated attribute (shapes, colours, position or relation, background).
+
+    SD conditions on a pretrained, frozen CLIP text tower; this is the miniature world's stand-in.
+    Learning text and image jointly from scratch costs the U-Net thousands of steps of an unreadable
+    condition (the first teacher drew the right colours in the right places as shapeless blobs).
+    The mask is causal and captions are under ``length`` tokens, so training on the first ``length``
+    positions gives the EOS state exactly as at 77 tokens, ~3x cheaper."""
+    import torch
+    import torch.nn.functional as F
+
+    from .classifier import default_heads, targets
+
+    heads = {k: v for k, v in default_heads().items() if k != "style"}  # captions never state the style
+    hidden = encoder.config.hidden_size
+    probes = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in heads.items()})
+    opt = torch.optim.AdamW([*encoder.parameters(), *probes.parameters()], lr=lr, weight_decay=1e-2)
+    encoder.train()
+    loss = None
+    for step in range(steps):
+        specs, _ = world.sample_specs(seed * 1_000_003 + step, batch, "plain", "train")
+        ids = tokenizer([world.caption(s) for s in specs], padding="max_length", max_length=length,
+                        truncation=True, return_tensors="pt").input_ids
+        y = targets(specs, heads)
+        pooled = encoder(ids).pooler_output
+        loss = sum(F.cross_entropy(probes[k](pooled), y[k], ignore_index=-100) for k in heads)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    encoder.eval()
+    with torch.no_grad():  # held-out combinations: can the encoder read captions it never saw?
+        specs, _ = world.sample_specs(seed + 7, 1024, "plain", "eval")
+        ids = tokenizer([world.caption(s) for s in specs], padding="max_length", max_length=MAX_LENGTH,
+                        truncation=True, return_tensors="pt").input_ids
+        pooled, y = encoder(ids).pooler_output, targets(specs, heads)
+        right = torch.ones(len(specs), dtype=torch.bool)
+        for k in heads:
+            known = y[k] != -100
+            right &= ~known | (probes[k](pooled).argmax(-1) == y[k])
+    return {"steps": steps, "final_loss": None if loss is None else round(loss.item(), 4), "heldout_caption_accuracy": round(right.float().mean().item(), 4)}
 
 
 def main(argv: list[str] | None = None) -> None:

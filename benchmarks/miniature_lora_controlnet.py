@@ -1,0 +1,169 @@
+"""LoRA and ControlNet distilled with SSD on the miniature world: teacher vs one-step student.
+
+ControlNet rows (per control type, edges and depth): the teacher with its ControlNet and its sampler
++ CFG, and the one-step student with the SSD-distilled ControlNet; control maps come from real
+renders of the held-out prompts, so edge F1 and depth correlation measure how well the output
+follows them. LoRA rows: the one-step student without and with the distilled style LoRA: style
+accuracy (share of images the classifier reads as the LoRA's style) and layout consistency (same
+prompt and noise, LoRA off vs on: the share of images whose objects keep every attribute).
+
+    python -m benchmarks.miniature_lora_controlnet --n 256
+
+Missing model folders are skipped and listed.
+"""
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from benchmarks.miniature_teacher import RESULTS, ROOT
+
+RUNS = ROOT / "runs" / "miniature"
+ASSETS = ROOT / "assets" / "miniature"
+
+
+def controlnet_rows(teacher: Path, student: Path, runs: Path, assets: Path, steps: int, cfg: float):
+    """(name, pipeline, controlnet, control_type, steps, cfg): teacher ControlNets from their runs,
+    student ControlNets from assets (what ships) or else their SSD runs."""
+    rows = []
+    for kind in ("edges", "depth"):
+        shipped = assets / f"controlnet-{kind}"
+        rows.append((f"teacher + ControlNet ({kind})", teacher, runs / f"controlnet_teacher_{kind}" / "final", kind, steps, cfg))
+        rows.append((f"one-step student + ControlNet ({kind})", student,
+                     shipped if shipped.is_dir() else runs / f"controlnet_ssd_{kind}" / "final", kind, 1, 0.0))
+    return rows
+
+
+def style_share(classifier, images, style: str) -> float:
+    """Share of images whose predicted style is ``style``."""
+    from trainers.miniature.classifier import predict_attributes
+    from trainers.miniature.evaluate import to_uint8
+
+    return sum(p.style == style for p in predict_attributes(classifier, to_uint8(images))) / len(images)
+
+
+def layout_consistency(classifier, off, on) -> float:
+    """Share of image pairs (LoRA off / on, same prompt and noise) whose objects agree in count,
+    shape, colour and position/relation: a style LoRA should change the look, not the scene."""
+    from trainers.miniature.classifier import predict_attributes
+    from trainers.miniature.evaluate import to_uint8
+
+    same = 0
+    for a, b in zip(predict_attributes(classifier, to_uint8(off)), predict_attributes(classifier, to_uint8(on))):
+        a, b = a.canonical(), b.canonical()
+        same += [(o.shape, o.colour) for o in a.objects] == [(o.shape, o.colour) for o in b.objects] \
+            and (a.position, a.relation) == (b.position, b.relation)
+    return same / len(off)
+
+
+def lora_rows(engine, lora: Path, classifier, n: int, scale: float = 1.0, style: str = "pastel", batch: int = 64) -> list[dict]:
+    """The student with the LoRA off and on, on the same held-out prompts and seeds."""
+    from trainers.miniature import world
+    from trainers.miniature.evaluate import read_images
+
+    prompts = [p for p in world.eval_prompts(n // 4) for _ in range(4)]
+    seeds = list(range(n))
+
+    def generate():
+        images, ms = [], 0.0
+        for s in range(0, n, batch):
+            out = engine.generate(prompts[s:s + batch], seed=seeds[s:s + batch], output_type="np")
+            images.append(out.images)
+            ms += out.timings.total_ms
+        import numpy as np
+
+        return np.concatenate(images), ms / n
+
+    off, off_ms = generate()
+    name = engine.load_lora(str(lora), scale=scale)
+    on, on_ms = generate()
+    engine.unload_lora(name)
+    rows = []
+    for label, images, ms in (("one-step student", off, off_ms), (f"one-step student + style LoRA ({scale:g})", on, on_ms)):
+        read = read_images(classifier, images, prompts)
+        rows.append({"model": label, "nfe": 1, "cfg": 0.0, "style_accuracy": style_share(classifier, images, style),
+                     "prompt_accuracy": read["prompt_accuracy"], "attribute_accuracy": read["attribute_accuracy"],
+                     "latency_ms": ms})
+    rows[1]["layout_consistency"] = layout_consistency(classifier, off, on)
+    rows[1]["lora"] = os.path.relpath(lora.resolve(), ROOT)
+    return rows
+
+
+def markdown_tables(report: dict) -> str:
+    lines = ["| model | control | NFE | edge F1 | depth corr. | prompt acc. | mFID | ms/image |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["controlnet_rows"]:
+        f1 = "-" if r["edge_f1"] is None else f"{r['edge_f1']:.3f}"
+        dc = "-" if r["depth_correlation"] is None else f"{r['depth_correlation']:.3f}"
+        lines.append(f"| {r['model']} | {r['control_type']} | {r['nfe']} | {f1} | {dc} | {r['prompt_accuracy']:.1%} | "
+                     f"{r['mfid']:.1f} | {r['latency_ms']:.1f} |")
+    if report["lora_rows"]:
+        lines += ["", "| model | style accuracy | layout consistency | prompt acc. | ms/image |", "|---|---:|---:|---:|---:|"]
+        for r in report["lora_rows"]:
+            lc = f"{r['layout_consistency']:.1%}" if "layout_consistency" in r else "-"
+            lines.append(f"| {r['model']} | {r['style_accuracy']:.1%} | {lc} | {r['prompt_accuracy']:.1%} | {r['latency_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, default=ASSETS / "teacher")
+    parser.add_argument("--student", type=Path, default=ASSETS / "sdxs", help="the one-step student pipeline")
+    parser.add_argument("--runs", type=Path, default=RUNS)
+    parser.add_argument("--assets", type=Path, default=ASSETS)
+    parser.add_argument("--lora", type=Path, default=None,
+                        help="distilled style LoRA (default: assets/miniature/lora-pastel, else runs/miniature/lora_ssd/final)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "miniature_lora_controlnet.json")
+    args = parser.parse_args(argv)
+
+    import cv2
+    import torch
+
+    from sdxs_core.loading import load_controlnet, load_engine
+    from trainers.miniature.classifier import load_classifier
+    from sdxs_core.depth import MiniatureDepth
+    from trainers.miniature.evaluate import evaluate_model, write_json
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)
+    start = time.perf_counter()
+    classifier, depth = load_classifier(), MiniatureDepth.load().estimate_batch
+    cn_rows, skipped = [], []
+    for name, pipeline, controlnet, kind, steps, cfg in controlnet_rows(args.teacher, args.student, args.runs,
+                                                                         args.assets, args.steps, args.cfg):
+        if not (pipeline / "model_index.json").is_file() or not (controlnet / "config.json").is_file():
+            skipped.append(f"{name}: no model at {pipeline} or {controlnet}")
+            continue
+        engine = load_engine(pipeline, device="cpu")
+        engine.set_controlnet(load_controlnet(controlnet, engine.device, engine.dtype))
+        result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, control_type=kind, depth_estimator=depth,
+                                classifier=classifier, name=name)
+        cn_rows.append({**{k: result[k] for k in ("model", "control_type", "nfe", "cfg", "edge_f1", "real_edge_f1",
+                                                   "depth_correlation", "prompt_accuracy", "mfid", "real_vs_real_mfid",
+                                                   "latency_ms", "latency_ms_batch1")},
+                        "controlnet": os.path.relpath(controlnet.resolve(), ROOT)})
+        print(f"{name}: edge F1 {result['edge_f1']}, depth corr {result['depth_correlation']}", flush=True)
+    lora = args.lora or next((p for p in (args.assets / "lora-pastel" / "pytorch_lora_weights.safetensors",
+                                          args.runs / "lora_ssd" / "final" / "pytorch_lora_weights.safetensors")
+                              if p.is_file()), None)
+    lora_result = []
+    if lora is None or not (args.student / "model_index.json").is_file():
+        skipped.append("style LoRA rows: no distilled LoRA or no student")
+    else:
+        lora_result = lora_rows(load_engine(args.student, device="cpu"), lora, classifier, args.n, batch=args.batch)
+    report = {"n_images": args.n, "controlnet_rows": cn_rows, "lora_rows": lora_result, "skipped": skipped,
+              "threads": args.threads, "wall_seconds": round(time.perf_counter() - start, 1)}
+    print()
+    print(markdown_tables(report))
+    write_json(report, args.out)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The one-command SDXS chain at toy scale: every stage runs on a tiny teacher through its real YAML,
+later stages start from earlier outputs, a rerun skips finished stages, and the fp16 export loads."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sdxs_core import load_engine
+from trainers.miniature import distill
+
+TOY = ["all.max_steps=1", "all.num_pairs=4", "all.teacher_steps=2", "all.num_prompts=8", "all.batch_size=2",
+       "all.validate_every=0", "all.num_images=2", "decoder.decoder_size=tiny", "lora_ssd.lora_rank=2",
+       "lora_teacher.lora_rank=2"]
+
+
+def test_stage_args_chain_outputs_and_apply_overrides(tmp_path):
+    args = distill.stage_args("ssd", tmp_path / "t", tmp_path / "runs", ["ssd.max_steps=7", "all.seed=3", "fm_warmup.lr=1"])
+    sets = dict(a.split("=", 1) for a in args[3::2])
+    assert args[1].endswith("ssd_miniature.yaml")
+    assert sets["student"] == str(tmp_path / "runs" / "fm_warmup" / "final")
+    assert sets["vae"] == str(tmp_path / "runs" / "decoder" / "final")
+    assert sets["pair_cache"] == str(tmp_path / "runs" / "pairs.safetensors") and sets["resume"] == "latest"
+    assert sets["max_steps"] == "7" and sets["seed"] == "3" and "lr" not in sets
+    # ControlNet stages chain teacher ControlNet -> KD -> SSD; all.KEY reaches only stages that have KEY
+    kd = dict(a.split("=", 1) for a in distill.stage_args("controlnet_kd_edges", tmp_path, tmp_path / "r",
+                                                         ["all.num_pairs=4", "all.num_images=2"])[3::2])
+    assert kd["stage"] == "kd" and kd["control_type"] == "canny" and kd["num_pairs"] == "4" and "num_images" not in kd
+    assert kd["teacher_controlnet"] == str(tmp_path / "r" / "controlnet_teacher_edges" / "final")
+    ssd = dict(a.split("=", 1) for a in distill.stage_args("controlnet_ssd_depth", tmp_path, tmp_path / "r", [])[3::2])
+    assert ssd["controlnet"] == str(tmp_path / "r" / "controlnet_kd_depth" / "final") and ssd["control_type"] == "depth"
+    teacher_cn = distill.stage_args("controlnet_teacher_depth", tmp_path, tmp_path / "r", ["all.num_pairs=4", "all.num_images=2"])
+    assert "num_pairs=4" not in teacher_cn and "num_images=2" in teacher_cn and "control_type=depth" in teacher_cn
+
+
+def test_bad_override_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        distill.main(["--set", "ssdd.max_steps=1"])
+    assert "ssdd.max_steps=1" in capsys.readouterr().err
+
+
+def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
+    torch.set_num_threads(1)
+    runs, assets = tmp_path / "runs", tmp_path / "assets"
+    times = distill.run(distill.CHAIN + ("export",), mid_teacher_dir, runs, assets, TOY, n_eval=4)
+    assert list(times) == [*distill.CHAIN, "export"]
+    for stage in distill.CHAIN:
+        assert (runs / stage / "final" / "model_index.json").is_file(), stage
+    # block-removed student: the MSE and FM runs started from block_kd's output, not from the teacher
+    kd = json.loads((runs / "block_kd" / "final" / "unet" / "config.json").read_text())
+    for stage in ("mse_baseline", "fm_warmup", "ssd"):
+        cfg = json.loads((runs / stage / "final" / "unet" / "config.json").read_text())
+        assert cfg["block_out_channels"] == kd["block_out_channels"] and cfg["mid_block_type"] is None
+    # SSD ships the tiny decoder; the fp16 export loads and draws what the fp32 student draws
+    index = json.loads((assets / "sdxs" / "model_index.json").read_text())
+    assert index["vae"][1] == "AutoencoderTiny"
+    unet_file = next((assets / "sdxs" / "unet").glob("*.safetensors"))
+    from safetensors import safe_open
+    with safe_open(str(unet_file), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    full, half = load_engine(runs / "ssd" / "final", device="cpu"), load_engine(assets / "sdxs", device="cpu")
+    a = full.generate("a b", seed=1, output_type="np").images
+    b = half.generate("a b", seed=1, output_type="np").images
+    assert np.abs(a - b).max() < 0.05
+    # a second run skips what is done
+    again = distill.run(distill.CHAIN, mid_teacher_dir, runs, assets, TOY, n_eval=4)
+    assert again == {}
+
+    # ControlNets (teacher -> KD -> SSD) and the style LoRA, shipped next to the student and loadable
+    distill.run(distill.CONTROL + ("export_controls",), mid_teacher_dir, runs, assets, TOY, n_eval=4)
+    engine = load_engine(assets / "sdxs", controlnet=assets / "controlnet-depth", device="cpu")
+    control = np.zeros((64, 64, 3), np.uint8)
+    assert engine.generate("a b", seed=1, control_image=control, output_type="np").images.shape == (1, 64, 64, 3)
+    name = engine.load_lora(assets / "lora-pastel")
+    assert name in engine.loras

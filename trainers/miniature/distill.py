@@ -1,0 +1,203 @@
+"""The SDXS chain on the miniature teacher, one command: tiny decoder, block-removal KD, the MSE
+baseline, the FM warmup, SSD, then the shipped fp16 student and the results table.
+
+    python -m trainers.miniature.distill --teacher assets/miniature/teacher     # the whole chain
+    python -m trainers.miniature.distill --stages ssd export benchmark          # some stages
+
+Each stage is one trainer run with its YAML in ``trainers/configs/<method>_miniature.yaml`` (the step
+counts live there), the teacher overridden by ``--teacher``. A stage whose ``run_dir/final`` exists is
+skipped; a killed stage resumes from its last checkpoint when the command is run again. All stages
+share one cache of teacher ODE pairs, made by the first.
+
+Stages of the chain (the default), in order:
+  decoder       tiny decoder (Eq. 5)                        -> runs/miniature/decoder/final
+  block_kd      block-removed student, output + feature KD  -> runs/miniature/block_kd/final
+  mse_baseline  one-step MSE regression (Fig. 6 contrast)   -> runs/miniature/mse_baseline/final
+  fm_warmup     one-step feature-matching warmup (Eq. 10)   -> runs/miniature/fm_warmup/final
+  ssd           Segmented Score Distillation (Alg. 1)       -> runs/miniature/ssd/final
+  export        fp16 copy of the SSD student + tiny decoder -> assets/miniature/sdxs
+  benchmark     python -m benchmarks.miniature_sdxs         -> benchmarks/results/miniature_sdxs.json
+
+ControlNet and style-LoRA stages (paper section 3.2; run after the chain, when named):
+  controlnet_teacher_{edges,depth}  the teacher's ControlNet, trained the usual way
+  controlnet_kd_{edges,depth}       student ControlNet, feature KD from the teacher's
+  controlnet_ssd_{edges,depth}      student ControlNet, SSD with the teacher's ControlNet in both DMs
+  lora_teacher, lora_ssd            pastel-style LoRA of the teacher, then distilled into the student
+  export_controls                   fp16 ControlNets + the LoRA -> assets/miniature/{controlnet-*,lora-pastel}
+  benchmark_controls                python -m benchmarks.miniature_lora_controlnet
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "trainers" / "configs"
+CHAIN = ("decoder", "block_kd", "mse_baseline", "fm_warmup", "ssd")
+CONTROL = ("controlnet_teacher_edges", "controlnet_kd_edges", "controlnet_ssd_edges",
+           "controlnet_teacher_depth", "controlnet_kd_depth", "controlnet_ssd_depth", "lora_teacher", "lora_ssd")
+TRAIN_STAGES = CHAIN + CONTROL
+STAGES = (*CHAIN, "export", "benchmark", *CONTROL, "export_controls", "benchmark_controls")
+DEFAULT_STAGES = (*CHAIN, "export", "benchmark")
+
+
+def method_class(stage: str):
+    from trainers.methods import (block_kd, controlnet_ssd, controlnet_teacher, decoder, fm_warmup, lora_ssd,
+                                  lora_teacher, mse_baseline, ssd)
+
+    if stage.startswith("controlnet_teacher"):
+        return controlnet_teacher.ControlNetTeacher
+    if stage.startswith("controlnet_"):
+        return controlnet_ssd.ControlNetSSD
+    return {"decoder": decoder.DecoderDistill, "block_kd": block_kd.BlockKD, "mse_baseline": mse_baseline.MSEBaseline,
+            "fm_warmup": fm_warmup.FMWarmup, "ssd": ssd.SSD, "lora_teacher": lora_teacher.LoRATeacher,
+            "lora_ssd": lora_ssd.LoRASSD}[stage]
+
+
+def _stage_sets(stage: str, runs: Path) -> tuple[str, dict]:
+    """(config file stem, overrides) chaining a stage to the outputs of the stages before it."""
+    student = runs / "ssd" / "final"
+    if stage in ("mse_baseline", "fm_warmup"):
+        return stage, {"student": runs / "block_kd" / "final"}
+    if stage == "ssd":
+        return stage, {"student": runs / "fm_warmup" / "final", "vae": runs / "decoder" / "final"}
+    if stage.startswith("controlnet_"):
+        step, kind = stage[len("controlnet_"):].rsplit("_", 1)  # teacher | kd | ssd, edges | depth
+        if step == "teacher":
+            return "controlnet_teacher", {"control_type": kind}
+        sets = {"stage": step, "student": student, "teacher_controlnet": runs / f"controlnet_teacher_{kind}" / "final",
+                "control_type": "canny" if kind == "edges" else "depth"}  # the live loop's extractors
+        if step == "ssd":
+            sets["controlnet"] = runs / f"controlnet_kd_{kind}" / "final"
+        return "controlnet_ssd", sets
+    if stage == "lora_ssd":
+        return stage, {"student": student, "style_lora": runs / "lora_teacher" / "final" / "pytorch_lora_weights.safetensors",
+                       "pair_cache": runs / "pairs-pastel.safetensors"}
+    return stage, {}
+
+
+def stage_args(stage: str, teacher: Path, runs: Path, extra: list[str]) -> list[str]:
+    """The trainer's command line: its miniature YAML, this chain's teacher and run folders."""
+    config, chained = _stage_sets(stage, runs)
+    sets = {"teacher": teacher, "run_dir": runs / stage, "pair_cache": runs / "pairs.safetensors", "resume": "latest",
+            **chained}
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(method_class(stage).config_cls)}
+    args = ["--config", str(CONFIGS / f"{config}_miniature.yaml")]
+    for key, value in sets.items():
+        if key in known:
+            args += ["--set", f"{key}={value}"]
+    for kv in extra:  # STAGE.KEY=VALUE for this stage; all.KEY=VALUE for every stage that has KEY
+        target, setting = kv.split(".", 1)
+        if target == stage or (target == "all" and setting.split("=", 1)[0] in known):
+            args += ["--set", setting]
+    return args
+
+
+def export_fp16(src: Path, dst: Path) -> dict:
+    """Half-precision copy of a pipeline folder for shipping (~2x smaller; the engine upcasts on the CPU)."""
+    from diffusers import DiffusionPipeline
+
+    from trainers.core.diffusion import write_pipeline_atomically
+
+    pipe = DiffusionPipeline.from_pretrained(str(src), safety_checker=None, requires_safety_checker=False)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.half()
+    files = {p.name: p.read_text() for p in src.glob("*.json") if p.name != "model_index.json"}
+    write_pipeline_atomically(pipe, dst, files)
+    return {"dir": str(dst), "bytes": sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())}
+
+
+def export_controls(runs: Path, assets: Path) -> list[str]:
+    """The distilled ControlNets (fp16) and style LoRA next to the shipped student, where the app finds them."""
+    import shutil
+
+    from diffusers import ControlNetModel
+
+    written = []
+    for kind in ("edges", "depth"):
+        src = runs / f"controlnet_ssd_{kind}" / "final"
+        if (src / "config.json").is_file():
+            dst = assets / f"controlnet-{kind}"
+            tmp = dst.with_name(f".{dst.name}-tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            ControlNetModel.from_pretrained(src).half().save_pretrained(tmp, safe_serialization=True)
+            for extra in src.glob("*.json"):
+                if extra.name != "config.json":
+                    shutil.copy2(extra, tmp / extra.name)
+            shutil.rmtree(dst, ignore_errors=True)
+            tmp.rename(dst)
+            written.append(str(dst))
+    lora = runs / "lora_ssd" / "final"
+    if lora.is_dir():
+        dst = assets / "lora-pastel"
+        tmp = dst.with_name(f".{dst.name}-tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(lora, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        written.append(str(dst))
+    return written
+
+
+def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eval: int) -> dict:
+    from trainers.core.method import main as method_main
+
+    timings = {}
+    for stage in stages:
+        t0 = time.time()
+        if stage in TRAIN_STAGES:
+            if (runs / stage / "final").is_dir():
+                print(f"[{stage}] done before: {runs / stage / 'final'}", flush=True)
+                continue
+            method_main(method_class(stage), stage_args(stage, teacher, runs, extra))
+        elif stage == "export":
+            print(f"[export] {export_fp16(runs / 'ssd' / 'final', assets / 'sdxs')}", flush=True)
+        elif stage == "export_controls":
+            print(f"[export_controls] {export_controls(runs, assets)}", flush=True)
+        elif stage == "benchmark":
+            from benchmarks import miniature_sdxs
+
+            miniature_sdxs.main(["--teacher", str(teacher), "--runs", str(runs), "--n", str(n_eval),
+                                 "--threads", str(torch.get_num_threads())])
+        else:
+            from benchmarks import miniature_lora_controlnet
+
+            miniature_lora_controlnet.main(["--teacher", str(teacher), "--student", str(assets / "sdxs"),
+                                            "--runs", str(runs), "--assets", str(assets), "--n", str(n_eval),
+                                            "--threads", str(torch.get_num_threads())])
+        timings[stage] = round(time.time() - t0, 1)
+        print(f"[{stage}] {timings[stage]:.0f} s", flush=True)
+    (runs / "distill_times.json").write_text(json.dumps(timings, indent=2))
+    return timings
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(DEFAULT_STAGES),
+                        help="default: the chain, export and benchmark; the ControlNet / LoRA stages "
+                             f"({', '.join(CONTROL)}, export_controls, benchmark_controls) run when named")
+    parser.add_argument("--teacher", type=Path, default=ROOT / "assets" / "miniature" / "teacher")
+    parser.add_argument("--runs", type=Path, default=Path("runs/miniature"))
+    parser.add_argument("--assets", type=Path, default=ROOT / "assets" / "miniature")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                        help="override a stage's option, e.g. --set ssd.max_steps=500, or every stage's with "
+                             "all.KEY=VALUE (a smoke run: --set all.num_pairs=256); repeatable")
+    parser.add_argument("--n-eval", type=int, default=256, help="images per row of the benchmark")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    args = parser.parse_args(argv)
+    bad = [kv for kv in args.extra if "." not in kv.split("=", 1)[0] or kv.split(".", 1)[0] not in (*TRAIN_STAGES, "all")]
+    if bad:
+        parser.error(f"--set takes STAGE.KEY=VALUE with STAGE one of all, {', '.join(TRAIN_STAGES)}; got {bad}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(args.stages, args.teacher, args.runs, args.assets, args.extra, args.n_eval)
+
+
+if __name__ == "__main__":
+    main()
