@@ -5,7 +5,7 @@ from noise to an image in one step. Both rows share prompts, seeds and real refe
 real-vs-real mFID floor (two independent real sets of the same size) is one number for the table.
 
     python -m benchmarks.miniature_teacher                        # assets/miniature/teacher, else runs/miniature/teacher
-    python -m benchmarks.miniature_teacher --model runs/miniature/teacher-gpu --n 128
+    python -m benchmarks.miniature_teacher --model runs/miniature/teacher --n 128
 """
 
 import argparse
