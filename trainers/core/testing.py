@@ -7,11 +7,12 @@ import torch
 
 
 def tiny_teacher_unet_config(cross_attention_dim: int = 32) -> dict:
-    """``trainers.miniature.teacher.teacher_unet_config`` at toy width, for 64x64 images and 8x latents."""
+    """``trainers.miniature.teacher.teacher_unet_config`` at toy width, for 64x64 images and 8x latents;
+    two layers per block, so block removal to one layer per block is exercised."""
     from trainers.miniature.teacher import teacher_unet_config
 
     cfg = teacher_unet_config(cross_attention_dim)
-    cfg.update(sample_size=8, block_out_channels=(16, 32, 32), norm_num_groups=8, attention_head_dim=4)
+    cfg.update(sample_size=8, block_out_channels=(16, 32, 32), norm_num_groups=8, attention_head_dim=4, layers_per_block=2)
     return cfg
 
 
