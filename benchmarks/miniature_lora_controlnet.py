@@ -59,6 +59,8 @@ def layout_consistency(classifier, off, on) -> float:
 
 def lora_rows(engine, lora: Path, classifier, n: int, scale: float = 1.0, style: str = "pastel", batch: int = 64) -> list[dict]:
     """The student with the LoRA off and on, on the same held-out prompts and seeds."""
+    import numpy as np
+
     from trainers.miniature import world
     from trainers.miniature.evaluate import read_images
 
@@ -71,8 +73,6 @@ def lora_rows(engine, lora: Path, classifier, n: int, scale: float = 1.0, style:
             out = engine.generate(prompts[s:s + batch], seed=seeds[s:s + batch], output_type="np")
             images.append(out.images)
             ms += out.timings.total_ms
-        import numpy as np
-
         return np.concatenate(images), ms / n
 
     off, off_ms = generate()
@@ -125,9 +125,9 @@ def main(argv=None):
     import cv2
     import torch
 
+    from sdxs_core.depth import MiniatureDepth
     from sdxs_core.loading import load_controlnet, load_engine
     from trainers.miniature.classifier import load_classifier
-    from sdxs_core.depth import MiniatureDepth
     from trainers.miniature.evaluate import evaluate_model, write_json
 
     torch.set_num_threads(args.threads)

@@ -45,11 +45,12 @@ def decoder_comparison(teacher: Path, decoder: Path, n: int = 256, repeats: int 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     with torch.inference_mode():
         z = vae.encode(x).latent_dist.mean  # unscaled: what both decoders receive in a pipeline
+        z_tiny = z * vae.config.scaling_factor / tiny.config.scaling_factor  # the same latents in the tiny's scale
         ref = vae.decode(z).sample.clamp(-1, 1)
-        out = tiny.decode(z * vae.config.scaling_factor / tiny.config.scaling_factor).sample.clamp(-1, 1)
+        out = tiny.decode(z_tiny).sample.clamp(-1, 1)
         mse = ((out - ref) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
         times = {}
-        for name, decode in (("vae", lambda: vae.decode(z[:1])), ("tiny", lambda: tiny.decode(z[:1] * vae.config.scaling_factor / tiny.config.scaling_factor))):
+        for name, decode in (("vae", lambda: vae.decode(z[:1])), ("tiny", lambda: tiny.decode(z_tiny[:1]))):
             decode()
             t0 = time.perf_counter()
             for _ in range(repeats):

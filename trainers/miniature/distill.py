@@ -28,6 +28,7 @@ ControlNet and style-LoRA stages (paper section 3.2; run after the chain, when n
 """
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -84,8 +85,6 @@ def stage_args(stage: str, teacher: Path, runs: Path, extra: list[str]) -> list[
     config, chained = _stage_sets(stage, runs)
     sets = {"teacher": teacher, "run_dir": runs / stage, "pair_cache": runs / "pairs.safetensors", "resume": "latest",
             **chained}
-    import dataclasses
-
     known = {f.name for f in dataclasses.fields(method_class(stage).config_cls)}
     args = ["--config", str(CONFIGS / f"{config}_miniature.yaml")]
     for key, value in sets.items():
@@ -119,22 +118,17 @@ def export_controls(runs: Path, assets: Path) -> list[str]:
 
     from diffusers import ControlNetModel
 
+    from trainers.core.diffusion import write_pipeline_atomically
+
     written = []
     for kind in ("edges", "depth"):
         src = runs / f"controlnet_ssd_{kind}" / "final"
         if (src / "config.json").is_file():
-            dst = assets / f"controlnet-{kind}"
-            tmp = dst.with_name(f".{dst.name}-tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            ControlNetModel.from_pretrained(src).half().save_pretrained(tmp, safe_serialization=True)
-            for extra in src.glob("*.json"):
-                if extra.name != "config.json":
-                    shutil.copy2(extra, tmp / extra.name)
-            shutil.rmtree(dst, ignore_errors=True)
-            tmp.rename(dst)
-            written.append(str(dst))
+            written.append(str(write_pipeline_atomically(ControlNetModel.from_pretrained(src).half(),
+                                                         assets / f"controlnet-{kind}", {p.name: p.read_text() for p in src.glob("*.json")
+                                                          if p.name != "config.json"})))
     lora = runs / "lora_ssd" / "final"
-    if lora.is_dir():
+    if lora.is_dir():  # copied as is (temp folder, then swapped in): the file is already what the engine loads
         dst = assets / "lora-pastel"
         tmp = dst.with_name(f".{dst.name}-tmp")
         shutil.rmtree(tmp, ignore_errors=True)
