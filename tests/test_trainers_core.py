@@ -66,6 +66,14 @@ def test_anneal_schedules():
     assert all(cos(i) >= cos(i + 1) for i in range(12))
 
 
+def test_lr_schedules_warm_up_then_hold_or_decay():
+    from trainers.core.schedules import lr_at
+
+    assert lr_at(0, 1.0, 4) == 0.25 and lr_at(3, 1.0, 4) == 1.0 and lr_at(50, 1.0, 4, progress=0.9) == 1.0
+    assert lr_at(0, 2.0, 0, "cosine", 0.0) == 2.0 and math.isclose(lr_at(9, 2.0, 0, "cosine", 0.5), 1.0)
+    assert lr_at(9, 2.0, 0, "cosine", 1.0) == 0.0 and math.isclose(lr_at(1, 2.0, 4, "cosine", 0.5), 0.5)
+
+
 # ---- student derivation -----------------------------------------------------------------------------------
 def test_block_removed_config_turns_sd21_into_sdxs512():
     from sdxs_core.architectures import sdxs512_unet_config
@@ -207,3 +215,28 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_dir, pair
     assert ckpt.is_dir() and not (tmp_path / "run" / "checkpoint-3").exists() and not (tmp_path / "run" / "final").exists()
     weights = load_file(ckpt / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_wall_time_budget_ends_the_run_and_drives_the_schedules(tmp_path, tiny_dir, pairs_file):
+    """max_minutes stops a run before max_steps with a checkpoint and an export, and the cosine LR
+    and SSD's annealed alpha follow the time used, so a short budget still ends fully annealed."""
+    from trainers.core.loop import list_checkpoints, train
+    from trainers.methods.ssd import SSD
+
+    torch.set_num_threads(1)
+    import time
+
+    cfg = ssd_config(tiny_dir, tmp_path / "run", pairs_file, max_steps=10_000, max_minutes=0.03,
+                     lr_schedule="cosine", alpha_start=0.9, alpha_end=0.4, checkpoint_every=10_000)
+    train(cfg, SSD(cfg), on_step=lambda step: time.sleep(0.25))  # >= 2 steps within the 1.8 s
+    state = json.loads((list_checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
+    assert 2 <= state["step"] < 10_000 and state["train_seconds"] >= 1.8
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == state["step"] and math.isclose(log[-1]["alpha"], 0.4)
+    assert log[0]["student/lr"] == pytest.approx(1e-3, rel=0.05) and log[-1]["student/lr"] < 0.9e-3
+    assert (tmp_path / "run" / "final" / "unet" / "config.json").is_file()
+    # resuming a spent budget trains no further step and exports again
+    seen = []
+    cfg = ssd_config(tiny_dir, tmp_path / "run", pairs_file, max_steps=10_000, max_minutes=0.03, resume="latest")
+    train(cfg, SSD(cfg), on_step=seen.append)
+    assert seen == []

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("no", "bf16")  # fp16 is refused: one-step distillation diverges in fp16 (DMD2)
 
 
@@ -37,6 +38,9 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0  # 0 = no clipping (the norm is still checked for NaN)
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at the end of training, after the warmup)
+    max_minutes: float = 0.0  # wall-time budget of the training steps; 0 = none. Ends at whichever of
+    # max_steps / max_minutes comes first, and the cosine LR and annealed values follow that progress
     # hardware
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: str = "no"  # no | bf16 (autocast with fp32 master weights; the VAE stays fp32)
@@ -79,6 +83,10 @@ class TrainConfig:
             e.append(f"ema_decay={self.ema_decay} must be in [0, 1)")
         if self.validate_every < 0 or self.max_grad_norm < 0 or self.warmup_steps < 0:
             e.append("validate_every, max_grad_norm and warmup_steps must be >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            e.append(f"lr_schedule={self.lr_schedule!r} must be one of {LR_SCHEDULES}")
+        if self.max_minutes < 0:
+            e.append(f"max_minutes={self.max_minutes} must be >= 0 (0 = no time budget)")
         if self.resolution < 0 or self.resolution % 8:
             e.append(f"resolution={self.resolution} must be 0 (the teacher's) or a positive multiple of 8")
         return e

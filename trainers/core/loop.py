@@ -148,11 +148,12 @@ def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = N
         accelerator.register_for_checkpointing(ema)
 
     # 3. resume: weights, optimizers, EMA and RNG states, and the step from trainer_state.json
-    start = 0
+    start, seconds_before = 0, 0.0
     checkpoint = resolve_resume(run_dir, config.resume)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        start = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        start, seconds_before = state["step"], state.get("train_seconds", 0.0)
         accelerator.print(f"resumed from {checkpoint} at step {start}")
         if accelerator.is_main_process:
             _trim_log(run_dir / "log.jsonl", start)
@@ -169,11 +170,24 @@ def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = N
                                      f"{step * images_per_step} images seen); training stopped. "
                                      f"Last good checkpoint: {last_good()}")
 
-    # 4. train
+    # 4. train (until max_steps, or the wall-time budget: the main process's clock decides for all)
     bar = tqdm(initial=start, total=config.max_steps, desc=config.method, disable=not accelerator.is_local_main_process)
     t0, step = time.time(), start
+    budget = config.max_minutes * 60
+
+    def train_seconds() -> float:
+        return seconds_before + time.time() - t0
+
+    def progress(step: int) -> float:
+        done = step / config.max_steps
+        if budget:
+            done = max(done, accelerator.reduce(torch.tensor([train_seconds() / budget], device=accelerator.device),
+                                                reduction="max").item())
+        return min(done, 1.0)
+
     modules = [p.module for p in phases]
-    while step < config.max_steps:
+    method.progress = progress(step)
+    while method.progress < 1.0:
         logs: dict[str, float] = {}
         for micro in range(config.gradient_accumulation_steps):
             batch = method.batch(step, micro, accelerator)
@@ -182,11 +196,13 @@ def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = N
                     if step % phase.every:
                         continue
                     for group in phase.optimizer.param_groups:
-                        group["lr"] = lr_at(step, phase.lr or config.lr, config.warmup_steps)
+                        group["lr"] = lr_at(step, phase.lr or config.lr, config.warmup_steps, config.lr_schedule,
+                                            method.progress)
                     with accelerator.autocast():
                         loss, phase_logs = phase.loss(batch, step)
                     guard(loss, f"the {phase.name} loss", step)
                     logs[f"{phase.name}/loss"] = loss.item()
+                    logs[f"{phase.name}/lr"] = phase.optimizer.param_groups[0]["lr"]
                     logs.update({f"{phase.name}/{k}": v for k, v in phase_logs.items()})
                     if not loss.requires_grad:  # the phase is off for now (e.g. a GAN before gan_start)
                         continue
@@ -201,8 +217,10 @@ def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = N
             ema.update(unwrap(method.nets[method.ema_target]), step)
         step += 1
         bar.update()
+        method.progress = progress(step)
+        finished = method.progress >= 1.0
 
-        if step % config.log_every == 0 or step == config.max_steps or step == start + 1:
+        if step % config.log_every == 0 or finished or step == start + 1:
             record = {"step": step, "images_seen": step * images_per_step, "seconds": round(time.time() - t0, 2),
                       **{k: round(v, 6) for k, v in logs.items()}, **method.scalars(step - 1)}
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("/loss")}, refresh=False)
@@ -210,10 +228,11 @@ def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = N
                 with open(run_dir / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
-            save_checkpoint(accelerator, run_dir, step, {"step": step, "images_seen": step * images_per_step},
+        if step % config.checkpoint_every == 0 or finished:
+            save_checkpoint(accelerator, run_dir, step, {"step": step, "images_seen": step * images_per_step,
+                                                         "train_seconds": round(train_seconds(), 2)},
                             config.keep_checkpoints)
-        if config.validate_every and step % config.validate_every == 0 and step != config.max_steps:
+        if config.validate_every and step % config.validate_every == 0 and not finished:
             _validate(accelerator, method, run_dir, step)
         if on_step is not None:
             on_step(step)

@@ -25,11 +25,12 @@ class PairConfig(TrainConfig):
     teacher_steps: int = 20  # the ODE sampler (the teacher's own scheduler)
     teacher_guidance: float = 3.0
     pair_cache: str = ""  # safetensors file; "" = run_dir/pairs.safetensors. Share it between methods.
+    pair_batch: int = 0  # pairs sampled per teacher batch; 0 = 16 on the CPU, 256 on a GPU
 
     def errors(self):
         e = super().errors()
-        if self.num_pairs < 1 or self.teacher_steps < 1:
-            e.append("num_pairs and teacher_steps must be >= 1")
+        if self.num_pairs < 1 or self.teacher_steps < 1 or self.pair_batch < 0:
+            e.append("num_pairs and teacher_steps must be >= 1, pair_batch >= 0")
         return e
 
 
@@ -59,6 +60,7 @@ def borrowed(*modules):
 class Method(ABC):
     config_cls = PairConfig
     ema_target = "student"
+    progress = 0.0  # share of the run done, set by the loop before each step
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -86,10 +88,13 @@ class Method(ABC):
         args = (path, c.teacher, self.prompts, c.num_pairs, c.teacher_steps, c.teacher_guidance, self.resolution,
                 c.seed, self.device)
         if accelerator.is_main_process:
-            pair_cache(*args)
+            pair_cache(*args, batch=self.pair_batch())
         accelerator.wait_for_everyone()
         self.pairs = pair_cache(*args)
         return self.pairs
+
+    def pair_batch(self) -> int:
+        return self.config.pair_batch or (16 if self.device.type == "cpu" else 256)
 
     @abstractmethod
     def setup(self, accelerator) -> list:
@@ -110,6 +115,11 @@ class Method(ABC):
         return {"noise": self.pairs["noise"][idx].to(self.device), "latents": self.pairs["latents"][idx].to(self.device),
                 "embeds": encode_prompts(self.teacher["tokenizer"], self.teacher["text_encoder"], prompts, self.device),
                 "generator": gen, "index": idx}
+
+    def anneal_position(self, step: int) -> int:
+        """The step that annealed values (SSD's alpha, lambda_FM) follow: ``step``, or under a
+        wall-time budget that ends first, the same share of ``max_steps``."""
+        return max(step, round(self.progress * self.config.max_steps))
 
     def scalars(self, step: int) -> dict:
         """Annealed hyperparameters etc. to log."""

@@ -28,6 +28,10 @@ class Anneal:
         return self.start + (self.end - self.start) * p
 
 
-def lr_at(step: int, base: float, warmup: int) -> float:
-    """Linear warmup then constant (distillation runs are short; no decay by default)."""
-    return base * min(1.0, (step + 1) / warmup) if warmup else base
+def lr_at(step: int, base: float, warmup: int, schedule: str = "constant", progress: float = 0.0) -> float:
+    """Linear warmup, then constant or a half cosine to 0 at ``progress`` 1 (the share of the run done:
+    of max_steps, or of the wall-time budget when that runs out first)."""
+    scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "cosine":
+        scale *= 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return base * scale

@@ -177,6 +177,7 @@ class ControlNetSSD(SSD):
         self.nets = {"controlnet": cn.requires_grad_(True)}
         self.student = Controlled(self.student_unet, lambda: self.nets["controlnet"], c.conditioning_scale)
         self.control_engine = self.engine(teacher["unet"])  # decode + prepare_control, as the live loop
+        self.extracted: dict[int, np.ndarray] = {}
         if c.control_source == "world":
             data = world_data(teacher["vae"], c.num_pairs, c.seed, c.control_type)
             self.pairs = {"noise": torch.zeros_like(data["latents"]), **data}
@@ -223,8 +224,12 @@ class ControlNetSSD(SSD):
 
         if self.config.control_source == "world":
             return [self.pairs["maps"][i] for i in index]
-        images = to_pil(self.control_engine.decode(self.pairs["latents"][list(index)].to(self.device)))
-        return [extract(self.config.control_type, im, size=self.resolution).image for im in images]
+        cache = self.extracted  # a pair's map never changes: extract it once
+        todo = sorted({i for i in index if i not in cache})
+        if todo:
+            images = to_pil(self.control_engine.decode(self.pairs["latents"][todo].to(self.device)))
+            cache.update({i: extract(self.config.control_type, im, size=self.resolution).image for i, im in zip(todo, images)})
+        return [cache[i] for i in index]
 
     def controls(self, index) -> torch.Tensor:
         """``[N, 3, H, W]`` ControlNet input, through the engine's own ``prepare_control``."""

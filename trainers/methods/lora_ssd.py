@@ -155,7 +155,7 @@ class LoRASSD(SSD):
                 c.seed, self.device)
         lora = dict(lora=c.style_lora, lora_scale=c.style_lora_scale) if c.teacher_takes_lora else {}
         if accelerator.is_main_process:
-            pair_cache(*args, **lora)
+            pair_cache(*args, batch=self.pair_batch(), **lora)
         accelerator.wait_for_everyone()
         self.pairs = pair_cache(*args, **lora)
         return self.pairs

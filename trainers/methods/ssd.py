@@ -90,12 +90,14 @@ class SSD(Method):
 
     def student_loss(self, batch, step):
         x0 = self.student_sample(batch)
-        sd, sd_logs = self.score(x0, batch["embeds"], self.alpha(step), self.uncond, batch["generator"])
+        at = self.anneal_position(step)
+        sd, sd_logs = self.score(x0, batch["embeds"], self.alpha(at), self.uncond, batch["generator"])
         fm, fm_logs = self.fm(x0, batch["latents"], batch["embeds"])
-        return sd + self.lambda_fm(step) * fm, {**sd_logs, **fm_logs}
+        return sd + self.lambda_fm(at) * fm, {**sd_logs, **fm_logs}
 
     def scalars(self, step):
-        return {"alpha": round(self.alpha(step), 5), "lambda_fm": round(self.lambda_fm(step), 5)}
+        at = self.anneal_position(step)
+        return {"alpha": round(self.alpha(at), 5), "lambda_fm": round(self.lambda_fm(at), 5)}
 
 
 if __name__ == "__main__":
