@@ -51,7 +51,8 @@ stage lora_teacher 2.0 --set lora_teacher.batch_size=64 &
 
 # the chain: the decoder stage makes the 16k teacher pairs; block KD starts as soon as they exist
 stage decoder 1.5 --set decoder.batch_size=64 &
-until [ -f "$RUNS/pairs.safetensors" ] || [ $(( $(date +%s) - START )) -gt 300 ]; do sleep 2; done
+decoder=$!
+until [ -f "$RUNS/pairs.safetensors" ] || ! kill -0 $decoder 2>/dev/null; do sleep 2; done
 stage block_kd 2.25 --set block_kd.batch_size=256 --set block_kd.lr=5e-4
 stage mse_baseline 0.9 --set mse_baseline.batch_size=256 --set mse_baseline.lr=2e-4 &
 stage fm_warmup 0.9 --set fm_warmup.batch_size=256 --set fm_warmup.lr=2e-4
