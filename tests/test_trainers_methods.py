@@ -108,6 +108,19 @@ def test_block_kd_removes_blocks_and_exports(tmp_path, mid_teacher_dir):
     assert engine.unet.mid_block is None and len(engine.unet.down_blocks) == 2
 
 
+def test_block_kd_on_world_renders_uses_train_split_captions(tmp_path, mid_teacher_dir):
+    """x0_source=world: x0 are VAE latents of world renders (train split), not teacher pairs."""
+    from trainers.methods.block_kd import BlockKD
+    from trainers.miniature import world
+
+    out, method = run(BlockKD, mid_teacher_dir, tmp_path / "kd", x0_source="world", num_images=12, max_steps=1)
+    assert len(method.pairs["prompts"]) == 12 and method.pairs["latents"].shape[0] == 12
+    assert method.pairs["prompts"] == list(world.render_batch(0, 12)["captions"])
+    assert not set(method.pairs["prompts"]) & set(world.eval_prompts(200))
+    assert not (tmp_path / "kd" / "pairs.safetensors").exists()  # no teacher sampling needed
+    assert (out / "unet" / "config.json").is_file()
+
+
 def test_decoder_distillation_exports_autoencoder_tiny(tmp_path, mid_teacher_dir):
     from diffusers import AutoencoderTiny
 

@@ -1,7 +1,8 @@
 """Block-removal knowledge distillation of the U-Net (paper section 3.1, Eqs. 6-8, Fig. 2b).
 
-Frozen:  the teacher U-Net (with its mid stage), the text encoder; the teacher's ODE samples serve
-         as x0 (no dataset needed).
+Frozen:  the teacher U-Net (with its mid stage), the text encoder. x0: the teacher's ODE samples
+         (no dataset needed), or for the miniature world its renders through the VAE (``x0_source:
+         world``: unlimited images and captions, as BK-SDM distils on real image-text pairs).
 Trained: the block-removed student U-Net (mid stage, last down / first up stage and the
          highest-resolution transformers removed), initialised from the teacher by an explicit name map.
 Loss:    L_OKD + lambda_F * L_FKD: output MSE + feature MSE on an explicit teacher -> student block
@@ -29,8 +30,18 @@ class KDConfig(PairConfig):
     lambda_f: float = 1.0
     block_map: dict = None  # teacher block -> student block; None = every shape-compatible stage
     val_steps: int = 10
+    x0_source: str = "pairs"  # pairs (the teacher's ODE samples) | world (miniature renders, VAE-encoded)
+    num_images: int = 16384  # world: rendered images
 
     method = "block_kd"
+
+    def errors(self):
+        e = super().errors()
+        if self.x0_source not in ("pairs", "world"):
+            e.append(f"x0_source={self.x0_source!r} must be pairs or world")
+        if self.num_images < 1:
+            e.append(f"num_images={self.num_images} must be >= 1")
+        return e
 
 
 class BlockKD(Method):
@@ -40,7 +51,13 @@ class BlockKD(Method):
         from diffusers import UNet2DConditionModel
 
         teacher = self.load_teacher(accelerator)
-        self.load_pairs(accelerator)
+        if self.config.x0_source == "world":
+            from trainers.methods.controlnet_ssd import world_data
+
+            data = world_data(teacher["vae"], self.config.num_images, self.config.seed, None)
+            self.pairs = {"noise": torch.zeros_like(data["latents"]), **data}  # KD draws its own noise
+        else:
+            self.load_pairs(accelerator)
         student = UNet2DConditionModel.from_config(block_removed_config(teacher["unet"].config, self.config.layers_per_block))
         self.name_map, self.not_copied = init_from_teacher(student, teacher["unet"])
         self.nets = {"student": student.to(self.device)}

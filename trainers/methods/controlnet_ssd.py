@@ -136,19 +136,25 @@ def to_pil(images: torch.Tensor) -> list:
     return OneStepEngine._postprocess(images.float().cpu(), "pil")
 
 
-def world_data(vae, n: int, seed: int, control_type: str, style: str = "plain") -> dict:
-    """World renders as the teacher VAE's latents + their ground-truth control maps ``[N, H, W, 3] uint8``."""
+def world_data(vae, n: int, seed: int, control_type: str | None, style: str = "plain", chunk: int = 256) -> dict:
+    """World renders as the teacher VAE's latents (encoded ``chunk`` at a time) + their ground-truth
+    control maps ``[N, H, W, 3] uint8`` (none when ``control_type`` is None)."""
     from trainers.miniature import world
     from trainers.miniature.evaluate import control_maps
 
     real = world.render_batch(seed, n, style=style)
     device = next(vae.parameters()).device
-    images = torch.as_tensor(real["images"]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
-    with torch.no_grad():
-        enc = vae.encode(images)
-        latents = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents  # KL | tiny
-    return {"latents": (latents * vae.config.scaling_factor).float().cpu(), "prompts": list(real["captions"]),
-            "maps": np.stack(control_maps(real, control_type))}
+    latents = []
+    for s in range(0, n, chunk):
+        images = torch.as_tensor(real["images"][s:s + chunk]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+        with torch.no_grad():
+            enc = vae.encode(images)
+        latents.append(((enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents)  # KL | tiny
+                        * vae.config.scaling_factor).float().cpu())
+    data = {"latents": torch.cat(latents), "prompts": list(real["captions"])}
+    if control_type is not None:
+        data["maps"] = np.stack(control_maps(real, control_type))
+    return data
 
 
 def save_controlnet(controlnet, out, info: dict) -> Path:

@@ -42,7 +42,7 @@ class LoRATeacher(Method):
     def setup(self, accelerator):
         c = self.config
         teacher = self.load_teacher(accelerator)
-        data = world_data(teacher["vae"], c.num_images, c.seed, "edges", c.style)
+        data = world_data(teacher["vae"], c.num_images, c.seed, None, c.style)
         self.pairs = {"noise": torch.zeros_like(data["latents"]), "latents": data["latents"], "prompts": data["prompts"]}
         unet = add_student_lora(teacher["unet"], c.lora_rank, c.lora_alpha, c.lora_targets)
         self.nets = {"student": unet}
