@@ -41,9 +41,7 @@ python -c "import torch, diffusers; print(torch.cuda.get_device_name(0) if torch
 'diffusers', diffusers.__version__)" || exit 4
 
 timeout -k 5 "$DEADLINE" bash scripts/distill_gpu.sh "$RUNS" "${TEACHER:-assets/miniature/teacher}" >"$OUT/run.log" 2>&1
-echo "distill_gpu.sh rc=$?" >>"$OUT/run.log"
-pkill -f 'trainers[.]' 2>/dev/null
-sleep 1
+echo "distill_gpu.sh rc=$?" >>"$OUT/run.log"  # at the deadline, timeout ends the stages too (its process group)
 # everything but checkpoints, pair caches and components identical to the teacher's (put back by --unpack's user)
 tar czf /tmp/results.tgz -C "$RUNS" --exclude='checkpoint-*' --exclude='pairs*' --exclude='*/text_encoder' \
   --exclude='*/tokenizer' --exclude=decoder/final/unet --exclude=block_kd/final/vae --exclude=mse_baseline/final/vae \
