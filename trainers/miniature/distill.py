@@ -73,7 +73,7 @@ def _stage_sets(stage: str, runs: Path) -> tuple[str, dict]:
                 "control_type": "canny" if kind == "edges" else "depth"}  # the live loop's extractors
         if step == "ssd":
             sets["controlnet"] = runs / f"controlnet_kd_{kind}" / "final"
-        return "controlnet_ssd", sets
+        return f"controlnet_{step}", sets  # controlnet_kd_miniature.yaml | controlnet_ssd_miniature.yaml
     if stage == "lora_ssd":
         return stage, {"student": student, "style_lora": runs / "lora_teacher" / "final" / "pytorch_lora_weights.safetensors",
                        "pair_cache": runs / "pairs-pastel.safetensors"}
