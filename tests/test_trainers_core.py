@@ -3,6 +3,7 @@ loop's checkpoint/resume exactness and NaN guard (on the SSD method, which has t
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -224,8 +225,6 @@ def test_wall_time_budget_ends_the_run_and_drives_the_schedules(tmp_path, tiny_d
     from trainers.methods.ssd import SSD
 
     torch.set_num_threads(1)
-    import time
-
     cfg = ssd_config(tiny_dir, tmp_path / "run", pairs_file, max_steps=10_000, max_minutes=0.03,
                      lr_schedule="cosine", alpha_start=0.9, alpha_end=0.4, checkpoint_every=10_000)
     train(cfg, SSD(cfg), on_step=lambda step: time.sleep(0.25))  # >= 2 steps within the 1.8 s

@@ -54,8 +54,7 @@ class BlockKD(Method):
         if self.config.x0_source == "world":
             from trainers.methods.controlnet_ssd import world_data
 
-            data = world_data(teacher["vae"], self.config.num_images, self.config.seed, None)
-            self.pairs = {"noise": torch.zeros_like(data["latents"]), **data}  # KD draws its own noise
+            self.pairs = world_data(teacher["vae"], self.config.num_images, self.config.seed, None)
         else:
             self.load_pairs(accelerator)
         student = UNet2DConditionModel.from_config(block_removed_config(teacher["unet"].config, self.config.layers_per_block))

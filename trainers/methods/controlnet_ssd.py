@@ -137,8 +137,9 @@ def to_pil(images: torch.Tensor) -> list:
 
 
 def world_data(vae, n: int, seed: int, control_type: str | None, style: str = "plain", chunk: int = 256) -> dict:
-    """World renders as the teacher VAE's latents (encoded ``chunk`` at a time) + their ground-truth
-    control maps ``[N, H, W, 3] uint8`` (none when ``control_type`` is None)."""
+    """World renders as training pairs: the teacher VAE's latents (encoded ``chunk`` at a time), their
+    captions, zero ``noise`` (these methods draw their own), and the ground-truth control maps
+    ``[N, H, W, 3] uint8`` (none when ``control_type`` is None)."""
     from trainers.miniature import world
     from trainers.miniature.evaluate import control_maps
 
@@ -151,7 +152,8 @@ def world_data(vae, n: int, seed: int, control_type: str | None, style: str = "p
             enc = vae.encode(images)
         latents.append(((enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents)  # KL | tiny
                         * vae.config.scaling_factor).float().cpu())
-    data = {"latents": torch.cat(latents), "prompts": list(real["captions"])}
+    latents = torch.cat(latents)
+    data = {"noise": torch.zeros_like(latents), "latents": latents, "prompts": list(real["captions"])}
     if control_type is not None:
         data["maps"] = np.stack(control_maps(real, control_type))
     return data
@@ -185,8 +187,7 @@ class ControlNetSSD(SSD):
         self.control_engine = self.engine(teacher["unet"])  # decode + prepare_control, as the live loop
         self.extracted: dict[int, np.ndarray] = {}
         if c.control_source == "world":
-            data = world_data(teacher["vae"], c.num_pairs, c.seed, c.control_type)
-            self.pairs = {"noise": torch.zeros_like(data["latents"]), **data}
+            self.pairs = world_data(teacher["vae"], c.num_pairs, c.seed, c.control_type)
         else:
             self.load_pairs(accelerator)
         if c.stage == "kd":

@@ -55,8 +55,7 @@ class ControlNetTeacher(Method):
         c = self.config
         teacher = self.load_teacher(accelerator)
         vae_factor = 2 ** (len(teacher["vae"].config.block_out_channels) - 1)
-        data = world_data(teacher["vae"], c.num_images, c.seed, c.control_type, c.style)
-        self.pairs = {"noise": torch.zeros_like(data["latents"]), **data}
+        self.pairs = world_data(teacher["vae"], c.num_images, c.seed, c.control_type, c.style)
         cn = load_controlnet(c.controlnet, self.device) if c.controlnet else build_controlnet(teacher["unet"], vae_factor)
         self.nets = {"controlnet": cn.to(self.device).requires_grad_(True)}
         self.control_engine = self.engine(teacher["unet"])

@@ -13,8 +13,6 @@ Output:  ``final/pytorch_lora_weights.safetensors`` (diffusers format) for the t
 import json
 from dataclasses import dataclass, field
 
-import torch
-
 from trainers.core.config import TrainConfig
 from trainers.core.diffusion import write_pipeline_atomically
 from trainers.core.loop import Phase
@@ -42,8 +40,7 @@ class LoRATeacher(Method):
     def setup(self, accelerator):
         c = self.config
         teacher = self.load_teacher(accelerator)
-        data = world_data(teacher["vae"], c.num_images, c.seed, None, c.style)
-        self.pairs = {"noise": torch.zeros_like(data["latents"]), "latents": data["latents"], "prompts": data["prompts"]}
+        self.pairs = world_data(teacher["vae"], c.num_images, c.seed, None, c.style)
         unet = add_student_lora(teacher["unet"], c.lora_rank, c.lora_alpha, c.lora_targets)
         self.nets = {"student": unet}
         return [Phase("student", unet, self.loss)]
