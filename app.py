@@ -12,8 +12,10 @@ import argparse
 from dataclasses import asdict
 
 import gradio as gr
+import torch
 
 from sdxs_core.control import EXTRACTORS
+from sdxs_core.devices import serving_threads
 from sdxs_core.errors import SDXSError
 from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats
 from sdxs_core.studio import STYLES, ModelHub, TextRequest, sketch_to_control, text_to_image
@@ -246,15 +248,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ssl-keyfile", default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: every core but one, left to the web server)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the networks eagerly, without the traced one-step graphs used on a CPU")
     args = parser.parse_args(argv)
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         parser.error("--ssl-certfile and --ssl-keyfile go together")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    hub = ModelHub(device=args.device, dtype=args.dtype)
+    torch.set_num_threads(args.threads or serving_threads())
+    hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None)
     notice = hub.start(args.model or hub.default_model(), controlnet=args.controlnet)
     print(notice.replace("**", ""))
     demo = build_demo(hub)

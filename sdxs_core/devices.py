@@ -30,3 +30,13 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock stage timings are honest."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def serving_threads() -> int:
+    """Torch CPU threads for serving: every core but one. The spare core runs the web server's
+    request handling and image coding, which otherwise wait behind the model's threads; on a 2-core
+    machine that is worth more frames per second than a second model thread (``benchmarks/live_loop.py``)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)

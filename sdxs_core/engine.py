@@ -24,6 +24,7 @@ from PIL import Image
 
 from .devices import synchronize
 from .errors import PromptTruncatedWarning
+from .graphs import GraphCache
 from .images import ImageLike, to_rgb_image
 
 MAX_SEED = 2**64 - 1
@@ -97,7 +98,7 @@ class OneStepEngine:
     """
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet=None,
-                 name: str = "model", prompt_cache_size: int = 128):
+                 name: str = "model", prompt_cache_size: int = 128, graphs: bool = False):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.scheduler, self.name = scheduler, name
         # diffusers' ModelMixin.device/.dtype walk every module (~1.5 ms each): read them once
@@ -112,6 +113,9 @@ class OneStepEngine:
         self._noise_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self._loras: dict[str, float] = {}
+        # frozen graphs for the one-step path (sdxs_core.graphs): only for fixed weights, never
+        # for a network a trainer is still updating
+        self.graphs = GraphCache() if graphs else None
         for module in (text_encoder, unet, vae):
             module.eval().requires_grad_(False)
         if controlnet is not None:
@@ -147,6 +151,7 @@ class OneStepEngine:
             check_controlnet_fits(controlnet, self.unet)
             controlnet.eval().requires_grad_(False)
         self.controlnet = controlnet
+        self._networks_changed()
 
     def load_lora(self, source, scale: float = 1.0, adapter_name: str | None = None) -> str:
         """Add a LoRA (diffusers / PEFT / kohya file, folder, preset or hub id) and activate it."""
@@ -186,6 +191,12 @@ class OneStepEngine:
     def _apply_lora_scales(self) -> None:
         if self._loras:
             self.unet.set_adapters(list(self._loras), list(self._loras.values()))
+        self._networks_changed()
+
+    def _networks_changed(self) -> None:
+        """Traced graphs hold the old weights: drop them."""
+        if self.graphs is not None:
+            self.graphs.clear()
 
     # ---- steps ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -248,23 +259,33 @@ class OneStepEngine:
             cond = cond.repeat_interleave(batch, dim=0)
         return cond.to(self.device, self.dtype)
 
-    def _denoise(self, x, t, embeds, control, control_scale, timings):
-        """One network evaluation: ControlNet residuals (if any) then the U-Net."""
+    def _denoise(self, x, t, embeds, control, control_scale, timings, graphs=None):
+        """One network evaluation: ControlNet residuals (if any) then the U-Net, traced when
+        ``graphs`` is given."""
         clock = _Stopwatch(timings, self.device)
         down = mid = None
         if control is not None:
             with clock("control_ms"):
-                down, mid = self.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=control,
-                                            conditioning_scale=control_scale, return_dict=False)
+                if graphs is not None:
+                    down, mid = graphs.controlnet(self.controlnet, x, t, embeds, control, control_scale)
+                else:
+                    down, mid = self.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=control,
+                                                conditioning_scale=control_scale, return_dict=False)
         with clock("unet_ms"):
+            if graphs is not None:
+                return graphs.unet(self.unet, x, t, embeds, down, mid)
             return self.unet(x, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
                              mid_block_additional_residual=mid, return_dict=False)[0]
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, graphs=None) -> torch.Tensor:
         """Latents -> images in [0, 1], ``[N, 3, H, W]`` float32."""
         vae_dtype = next(self.vae.parameters()).dtype
-        image = self.vae.decode(latents.to(vae_dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        latents = latents.to(vae_dtype) / self.vae.config.scaling_factor
+        if graphs is not None:
+            image = graphs.decode(self.vae, latents)
+        else:
+            image = self.vae.decode(latents, return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     # ---- the call -------------------------------------------------------------------------------
@@ -339,10 +360,12 @@ class OneStepEngine:
             control = torch.cat([control] * 2) if cfg else control
 
         # 4. denoise
-        if num_inference_steps == 1 and not cfg and self._one_step is not None:
+        one_step = num_inference_steps == 1 and not cfg and self._one_step is not None
+        graphs = self.graphs if one_step else None  # multi-step teachers stay eager
+        if one_step:
             t, init_sigma, c_in, a, b = self._one_step
             x = latents * init_sigma
-            out = self._denoise(x * c_in, t.to(self.device), embeds, control, control_scale, timings)
+            out = self._denoise(x * c_in, t.to(self.device), embeds, control, control_scale, timings, graphs)
             latents = a * x + b * out
         else:
             latents = self._sample(latents, embeds, control, control_scale, num_inference_steps,
@@ -353,7 +376,7 @@ class OneStepEngine:
             images = latents
         else:
             with clock("decode_ms"):
-                images = self.decode(latents)
+                images = self.decode(latents, graphs)
             images = self._postprocess(images, output_type)
         timings.total_ms = (time.perf_counter() - start) * 1e3
         return GenerationOutput(images=images, seeds=seeds, timings=timings)

@@ -189,15 +189,19 @@ def check_controlnet_fits(controlnet, unet) -> None:
 
 def load_engine(model: str | os.PathLike = "miniature", controlnet: str | os.PathLike | None = None,
                 lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
-                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
-    """The one entry point: a ready ``OneStepEngine`` for a model (+ optional ControlNet and LoRA)."""
+                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                graphs: bool | None = None):
+    """The one entry point: a ready ``OneStepEngine`` for a model (+ optional ControlNet and LoRA).
+    ``graphs``: trace the one-step path (``sdxs_core.graphs``); default on a CPU, where Python
+    overhead is a large share of a small model's time."""
     from .engine import OneStepEngine
 
     device = resolve_device(device)
     dtype = resolve_dtype(device, dtype)
     path, preset = resolve_model_dir(model, kind="pipeline")
     components = load_pipeline_components(path, device, dtype)
-    engine = OneStepEngine(**components, name=preset.name if preset else str(model))
+    graphs = device.type == "cpu" if graphs is None else graphs
+    engine = OneStepEngine(**components, name=preset.name if preset else str(model), graphs=graphs)
     if controlnet is not None:
         engine.set_controlnet(load_controlnet(controlnet, device, dtype))
     if lora is not None:

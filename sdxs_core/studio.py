@@ -78,6 +78,28 @@ class Entry:
     source: str  # what the loaders get: a preset name, hub id or absolute local path
     label: str
     base: str  # the base it was made for, as people read it
+    control: str = ""  # ControlNets: the control type (extractor) it was trained on, "" if unknown
+
+
+# The order in which a freshly loaded model picks its ControlNet: the Live tab opens on canny, so
+# a canny/edges ControlNet makes the first frames right; an unknown type comes last.
+CONTROL_PREFERENCE = ("canny", "sketch", "depth")
+_CONTROL_WORDS = {"canny": "canny", "edges": "canny", "edge": "canny", "depth": "depth", "sketch": "sketch",
+                  "lineart": "sketch", "scribble": "sketch", "hed": "sketch"}
+
+
+def control_type_of(folder: Path) -> str:
+    """A local ControlNet's control type: ``train_info.json`` (our trainers write it), else a word
+    in its folder name (``...-canny``, ``control_v11f1p_sd15_depth``), else ""."""
+    info = _read_json(folder / "train_info.json") or {}
+    if info.get("control_type") in CONTROL_PREFERENCE:
+        return info["control_type"]
+    words = folder.name.lower().replace("-", "_").split("_")
+    return next((_CONTROL_WORDS[w] for w in reversed(words) if w in _CONTROL_WORDS), "")
+
+
+def control_rank(entry: "Entry") -> int:
+    return CONTROL_PREFERENCE.index(entry.control) if entry.control in CONTROL_PREFERENCE else len(CONTROL_PREFERENCE)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -146,7 +168,7 @@ def discover(search_dirs: list[Path]) -> list[Entry]:
         if p.bundled and not Path(p.source).exists():
             continue
         where = "bundled" if p.bundled else "hub"
-        entries.append(Entry(p.name, p.kind, p.name, f"{p.name} ({where})", p.base))
+        entries.append(Entry(p.name, p.kind, p.name, f"{p.name} ({where})", p.base, p.control_type or ""))
     for root in search_dirs:
         if root.is_dir():
             entries += _scan(root, root, 0)
@@ -161,7 +183,9 @@ def _scan(root: Path, folder: Path, depth: int) -> list[Entry]:
         return [Entry(key, "pipeline", str(folder), key, base)]
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
     if config and config.get("_class_name") == "ControlNetModel":
-        return [Entry(key, "controlnet", str(folder), key, str(BaseShape.from_config(config)))]
+        control = control_type_of(folder)
+        label = f"{key} ({control})" if control else key
+        return [Entry(key, "controlnet", str(folder), label, str(BaseShape.from_config(config)), control)]
     if (folder / "adapter_config.json").is_file():
         shapes = _lora_key_shapes(folder)
         return [Entry(key, "lora", str(folder), key, f"cross-attn {_lora_cross_dim(shapes)}")] if shapes else []
@@ -234,11 +258,12 @@ class ModelHub:
     each action returns a notice to show instead."""
 
     def __init__(self, search_dirs: list[Path] | None = None, device: str | None = None, dtype: str | None = None,
-                 outputs: Path = OUTPUTS):
+                 outputs: Path = OUTPUTS, graphs: bool | None = None):
         self.search_dirs = list(search_dirs) if search_dirs is not None else [OUTPUTS, ASSETS]
         self.outputs = outputs
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
+        self.graphs = graphs  # traced one-step graphs (None: on a CPU), see sdxs_core.graphs
         self.engine = None  # OneStepEngine, replaced only under the switch lock
         self.model_key: str | None = None
         self.controlnet_key: str | None = None
@@ -261,7 +286,8 @@ class ModelHub:
             return source
         path = Path(source).expanduser()
         resolved = str(path.resolve()) if path.exists() else source
-        entry = Entry(source, kind, resolved, f"{source} (command line)", "")
+        control = control_type_of(path) if kind == "controlnet" and path.is_dir() else ""
+        entry = Entry(source, kind, resolved, f"{source} (command line)", "", control)
         self._operator[(kind, source)] = entry
         self._entries[(kind, source)] = entry
         return source
@@ -343,7 +369,7 @@ class ModelHub:
         if entry is None:
             return self._refused("model", key)
         try:
-            engine = load_engine(entry.source, device=self.device, dtype=self.dtype)
+            engine = load_engine(entry.source, device=self.device, dtype=self.dtype, graphs=self.graphs)
         except ModelUnavailableError as e:
             return f"**{entry.key}** is not available offline. {e}" + self._still_using()
         except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: torch load failures
@@ -353,8 +379,9 @@ class ModelHub:
             self.engine, self.model_key, self.controlnet_key, self.lora_key = engine, entry.key, None, None
         notice = f"Loaded **{entry.key}** ({self.shape})." + (" LoRA removed." if previous_lora else "")
         fitting = [k for _, k in self.choices("controlnet")]
-        local = [k for k in fitting if _local_path(self._lookup("controlnet", k)) is not None]
-        pick = previous_cn if previous_cn in fitting else next(iter(local), None)
+        local = sorted((self._lookup("controlnet", k) for k in fitting if _local_path(self._lookup("controlnet", k))),
+                       key=control_rank)  # stable: alphabetical within a control type
+        pick = previous_cn if previous_cn in fitting else next((e.key for e in local), None)
         if pick is not None:
             notice += " " + self.set_controlnet(pick)
         return notice

@@ -62,6 +62,34 @@ def test_discovery_offers_only_what_fits_the_loaded_base(hub):
     assert not any("notes" in key for key in listed)
 
 
+def test_a_loaded_model_attaches_the_canny_controlnet_before_others(tmp_path):
+    """The Live tab opens on canny: of the fitting ControlNets, a canny one is attached first,
+    whatever the alphabet says; the control type shows in the list."""
+    import json
+    import shutil
+
+    from sdxs_core.studio import control_type_of
+
+    root = tmp_path / "outputs"
+    model, controlnet = ensure_tiny_model(root)
+    for name, info in [("a-depth", {"control_type": "depth"}), ("b-unlabelled", None), ("z-run", {"control_type": "canny"})]:
+        shutil.copytree(controlnet, root / name)
+        if info:
+            (root / name / "train_info.json").write_text(json.dumps(info))
+    shutil.copytree(controlnet, root / "control_v11p_sd15_scribble")
+    assert control_type_of(root / "control_v11p_sd15_scribble") == "sketch"
+    assert control_type_of(root / "b-unlabelled") == ""
+    hub = ModelHub(search_dirs=[root], device="cpu", outputs=root)
+    hub.start("outputs/tiny-model")
+    assert hub.controlnet_key == "outputs/z-run"
+    labels = dict((key, label) for label, key in hub.choices("controlnet"))
+    assert labels["outputs/a-depth"] == "outputs/a-depth (depth)" and labels["outputs/b-unlabelled"] == "outputs/b-unlabelled"
+    shutil.rmtree(root / "z-run")  # without a canny one: sketch, then depth, then unknown types
+    hub.rescan()
+    hub.load_model("outputs/tiny-model")
+    assert hub.controlnet_key == "outputs/control_v11p_sd15_scribble"
+
+
 @pytest.mark.parametrize("key", ["/etc", "../../etc", "outputs/../../../etc", "/etc/passwd", ["outputs/tiny-model"]])
 def test_client_keys_outside_the_offer_are_refused_before_any_load(hub, monkeypatch, key):
     def forbidden(*args, **kwargs):

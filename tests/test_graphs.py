@@ -1,0 +1,100 @@
+"""Traced one-step graphs (sdxs_core.graphs): same images as the eager networks, traced once per
+shape, and never stale after a ControlNet, LoRA or scale change."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sdxs_core import load_engine
+from sdxs_core.graphs import GraphCache
+
+SIZE = dict(height=64, width=64)
+
+
+@pytest.fixture()
+def pair(tiny_dir, tiny_controlnet_dir):
+    """The same model twice: traced graphs and eager."""
+    traced = load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu", graphs=True)
+    eager = load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu", graphs=False)
+    return traced, eager
+
+
+def _control(seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((64, 64, 3)) > 0.8).astype(np.uint8) * 255
+
+
+def _both(pair, prompt="a", **kw):
+    return [e.generate(prompt, seed=5, output_type="np", **SIZE, **kw).images for e in pair]
+
+
+def test_graphs_are_default_on_cpu_and_match_eager(pair, tiny_dir):
+    assert load_engine(tiny_dir, device="cpu").graphs is not None
+    traced, eager = pair
+    assert eager.graphs is None
+    for scale in (1.0, 0.3):  # the scale is a graph input, not a baked constant
+        a, b = _both(pair, control_image=_control(), control_scale=scale)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    a, b = _both(pair)  # text-to-image: the U-Net without residuals is its own graph
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # ControlNet, U-Net with residuals, U-Net without, decoder: four graphs, none traced twice
+    assert traced.graphs.traces == 4 and len(traced.graphs) == 4
+
+
+def test_new_shape_traces_anew_and_multi_step_stays_eager(pair):
+    traced, eager = pair
+    _both(pair)
+    traces = traced.graphs.traces
+    a, b = [e.generate(["a", "b"], seed=1, output_type="np", **SIZE).images for e in pair]  # batch 2
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert traced.graphs.traces == traces + 2  # U-Net and decoder for the new batch shape
+    traces = traced.graphs.traces
+    a, b = [e.generate("a", seed=1, num_inference_steps=3, guidance_scale=2.0, output_type="np", **SIZE).images
+            for e in pair]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert traced.graphs.traces == traces
+
+
+def test_lora_and_controlnet_changes_drop_stale_graphs(pair, tiny_lora_file, tiny_dir, tmp_path):
+    from sdxs_core.loading import load_controlnet
+    from sdxs_core.testkit import write_tiny_controlnet
+
+    traced, eager = pair
+    before = _both(pair)[0]
+    for e in pair:
+        e.load_lora(tiny_lora_file, scale=1.0, adapter_name="style")
+    a, b = _both(pair)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.abs(a - before).max() > 1e-3  # the LoRA is in the traced graph, not the old weights
+    for e in pair:
+        e.set_lora_scale("style", 0.0)
+    a, b = _both(pair)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, before, atol=1e-5)
+
+    other = write_tiny_controlnet(tiny_dir, tmp_path / "cn2", seed=7)
+    old = _both(pair, control_image=_control())[0]
+    for e in pair:
+        e.set_controlnet(load_controlnet(other, torch.device("cpu"), torch.float32))
+    a, b = _both(pair, control_image=_control())
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.abs(a - old).max() > 1e-3
+
+
+def test_untraceable_network_runs_eagerly_with_one_warning():
+    class Untraceable(torch.nn.Module):
+        def decode(self, z, return_dict=False):
+            return (z.numpy() * 2,)  # a numpy round trip cannot be traced
+
+    cache, vae, z = GraphCache(), Untraceable(), torch.ones(1, 4, 2, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = cache.decode(vae, z)
+        again = cache.decode(vae, z)  # the failure is remembered: no second trace, no second warning
+    for result in (out, again):
+        assert isinstance(result, np.ndarray) and float(result.max()) == 2.0  # the eager result
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == [
+        next(str(w.message) for w in caught if "eagerly" in str(w.message))]
+    assert cache.traces == 1
