@@ -2,8 +2,10 @@
 
 Rows (any whose folder is missing is skipped and listed): teacher with its sampler + CFG, teacher at one
 step, block-removal KD student with the teacher's sampler, MSE-regression one-step (Fig. 6's contrast),
-FM-only one-step, FM + SSD one-step (the final model). Every row shares prompts, seeds and the real
-reference sets, and adds the U-Net's parameters and GFLOPs per image (counted by torch's FLOP counter).
+FM-only one-step, FM + SSD one-step (the final model), all decoded by the teacher's VAE so that they
+compare U-Nets alone; then the final model with the tiny decoder (``--decoder``), as the app ships it.
+Every row shares prompts, seeds and the real reference sets, and adds the U-Net's parameters and
+GFLOPs per image (counted by torch's FLOP counter).
 
     python -m benchmarks.miniature_sdxs --runs runs/miniature --n 256
 """
@@ -63,12 +65,29 @@ def decoder_comparison(teacher: Path, decoder: Path, n: int = 256, repeats: int 
             "path": os.path.relpath(folder.resolve(), ROOT)}
 
 
-def rows_to_run(teacher: Path, runs: Path, steps: int, cfg: float) -> list[tuple[str, Path, int, float]]:
-    return [("teacher", teacher, steps, cfg), ("teacher", teacher, 1, 0.0),
-            ("KD student", runs / "block_kd" / "final", steps, cfg),
-            ("MSE one-step", runs / "mse_baseline" / "final", 1, 0.0),
-            ("FM-only one-step", runs / "fm_warmup" / "final", 1, 0.0),
-            ("FM+SSD one-step", runs / "ssd" / "final", 1, 0.0)]
+def rows_to_run(teacher: Path, runs: Path, steps: int, cfg: float,
+                decoder: Path) -> list[tuple[str, Path, int, float, Path]]:
+    """(name, U-Net's pipeline folder, steps, cfg, the folder whose ``vae`` decodes)."""
+    return [("teacher", teacher, steps, cfg, teacher), ("teacher", teacher, 1, 0.0, teacher),
+            ("KD student", runs / "block_kd" / "final", steps, cfg, teacher),
+            ("MSE one-step", runs / "mse_baseline" / "final", 1, 0.0, teacher),
+            ("FM-only one-step", runs / "fm_warmup" / "final", 1, 0.0, teacher),
+            ("FM+SSD one-step", runs / "ssd" / "final", 1, 0.0, teacher),
+            ("FM+SSD one-step + tiny decoder", runs / "ssd" / "final", 1, 0.0, decoder)]
+
+
+def row_engine(folder: Path, decoder: Path):
+    """The pipeline at ``folder`` with the ``vae`` of ``decoder`` (both pipeline folders)."""
+    import torch
+
+    from sdxs_core.engine import OneStepEngine
+    from sdxs_core.loading import load_pipeline_components
+
+    cpu = torch.device("cpu")
+    components = load_pipeline_components(folder, cpu, torch.float32)
+    if decoder.resolve() != folder.resolve():
+        components["vae"] = load_pipeline_components(decoder, cpu, torch.float32)["vae"]
+    return OneStepEngine(**components, name=str(folder))
 
 
 def markdown_table(report: dict) -> str:
@@ -86,6 +105,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=ROOT / "assets" / "miniature" / "teacher")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "miniature", help="trainer run folders")
+    parser.add_argument("--decoder", type=Path, default=None,
+                        help="pipeline folder of the tiny decoder (default: RUNS/decoder/final)")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps of the multi-step rows")
     parser.add_argument("--cfg", type=float, default=5.0, help="guidance of the multi-step rows")
     parser.add_argument("--n", type=int, default=256, help="images per row")
@@ -97,7 +118,6 @@ def main(argv=None):
     import cv2
     import torch
 
-    from sdxs_core.loading import load_engine
     from trainers.miniature.classifier import load_classifier
     from trainers.miniature.evaluate import evaluate_model, write_json
 
@@ -106,21 +126,23 @@ def main(argv=None):
     start = time.perf_counter()
     classifier = load_classifier()
     rows, skipped, first = [], [], None
-    for name, folder, steps, cfg in rows_to_run(args.teacher, args.runs, args.steps, args.cfg):
-        if not (folder / "model_index.json").is_file():
-            skipped.append(f"{name}: no model at {folder}")
+    decoder = args.decoder or args.runs / "decoder" / "final"
+    for name, folder, steps, cfg, vae_folder in rows_to_run(args.teacher, args.runs, args.steps, args.cfg, decoder):
+        missing = [f for f in (folder, vae_folder) if not (f / "model_index.json").is_file()]
+        if missing:
+            skipped.append(f"{name}: no model at {missing[0]}")
             continue
-        engine = load_engine(folder, device="cpu")
+        engine = row_engine(folder, vae_folder)
         result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, classifier=classifier, name=name)
         first = first or result
         params, gflops = unet_cost(engine)
         rows.append({**{k: result[k] for k in ROW_KEYS}, "steps": steps, "unet_params": params,
                      "unet_gflops": round(gflops, 4), "attribute_accuracy": result["attribute_accuracy"],
-                     "path": os.path.relpath(folder.resolve(), ROOT)})
+                     "path": os.path.relpath(folder.resolve(), ROOT),
+                     "decoder": os.path.relpath((vae_folder / "vae").resolve(), ROOT)})
         print(f"{name} ({steps} steps): {result['prompt_accuracy']:.1%}, mFID {result['mfid']:.1f}", flush=True)
     if first is None:
         parser.error("no model folders found: " + "; ".join(skipped))
-    decoder = args.runs / "decoder" / "final"
     decoders = decoder_comparison(args.teacher, decoder) if (decoder / "vae").is_dir() else None
     report = {"n_images": args.n, "rows": rows, "decoders": decoders, "real_vs_real_mfid": first["real_vs_real_mfid"],
               "real_diversity": first["real_diversity"], "real_prompt_accuracy": first["real_prompt_accuracy"],

@@ -121,6 +121,27 @@ def test_block_kd_on_world_renders_uses_train_split_captions(tmp_path, mid_teach
     assert (out / "unet" / "config.json").is_file()
 
 
+def test_decoder_on_perturbed_world_latents_targets_the_vae_decode_of_what_it_sees(tmp_path, mid_teacher_dir):
+    """latent_source=world + latent_noise: the decoder's input is a perturbed world latent and its
+    target is the teacher VAE's decode of that same perturbed latent (not of the clean one)."""
+    from types import SimpleNamespace
+
+    from trainers.methods.decoder import DecoderDistill
+
+    out, method = run(DecoderDistill, mid_teacher_dir, tmp_path / "dec", decoder_size="tiny", latent_source="world",
+                      num_images=6, latent_noise=0.5, max_steps=1)
+    assert method.pairs["latents"].shape[0] == 6 and not (tmp_path / "dec" / "pairs.safetensors").exists()
+    assert method.targets is None  # perturbed latents are decoded afresh every batch
+    batch = method.batch(3, 0, SimpleNamespace(process_index=0))
+    clean = method.pairs["latents"][batch["index"]]
+    assert not torch.allclose(batch["latents"], clean)
+    assert torch.allclose(batch["target"], method.target(batch["latents"]), atol=1e-6)
+    assert not torch.allclose(batch["target"], method.target(clean), atol=1e-3)
+    again = method.batch(3, 0, SimpleNamespace(process_index=0))  # a resumed run draws the same perturbation
+    assert torch.equal(again["latents"], batch["latents"])
+    assert (out / "vae" / "config.json").is_file()
+
+
 def test_decoder_distillation_exports_autoencoder_tiny(tmp_path, mid_teacher_dir):
     from diffusers import AutoencoderTiny
 

@@ -7,6 +7,11 @@ Trained: a TAESD-family AutoencoderTiny (conv + ReLU residual blocks, no norm, n
 Loss:    ||G(z)_down - x~_down||_1 (8x average-pooled; less on small images) + lambda_GAN * hinge GAN;
          the discriminator gets the hinge loss. Beyond the paper: the tiny encoder is fitted too
          (L1 to z), so the folder also works for image-to-image.
+Data:    the teacher's cached ODE latents, or for the miniature world its renders through the VAE
+         (``latent_source: world``: 16k scenes instead of 1k samples). ``latent_noise`` perturbs each
+         latent (per-sample sigma drawn in [0, latent_noise]) and targets the VAE's decode of the
+         perturbed latent: a one-step student's latents lie off the data the decoder saw, and a
+         decoder fitted only on clean latents answers there with blotchy textures the VAE does not make.
 
     python -m trainers.methods.decoder --config trainers/configs/decoder_miniature.yaml
 """
@@ -43,6 +48,9 @@ class DecoderConfig(PairConfig):
     gan_start: int = 0  # steps of L1 only before the GAN term
     downsample: int = 8
     encoder_weight: float = 1.0  # 0 = leave the tiny encoder untrained
+    latent_source: str = "pairs"  # pairs (the teacher's ODE latents) | world (miniature renders, VAE-encoded)
+    num_images: int = 16384  # world: rendered scenes
+    latent_noise: float = 0.0  # max sigma of the Gaussian perturbation of each latent (0 = none)
     disc_channels: int = 32
     lr: float = 2e-4
 
@@ -52,6 +60,10 @@ class DecoderConfig(PairConfig):
         e = super().errors()
         if self.decoder_size not in TAESD_SIZES:
             e.append(f"decoder_size={self.decoder_size!r} must be one of {', '.join(TAESD_SIZES)}")
+        if self.latent_source not in ("pairs", "world"):
+            e.append(f"latent_source={self.latent_source!r} must be pairs or world")
+        if self.num_images < 1 or self.latent_noise < 0:
+            e.append("num_images must be >= 1 and latent_noise >= 0")
         return e
 
 
@@ -61,12 +73,17 @@ class DecoderDistill(Method):
 
     def setup(self, accelerator):
         teacher = self.load_teacher(accelerator)
-        self.load_pairs(accelerator)
-        # the frozen VAE decodes each cached latent the same way every epoch: decode them once when
+        if self.config.latent_source == "world":
+            from trainers.methods.controlnet_ssd import world_data
+
+            self.pairs = world_data(teacher["vae"], self.config.num_images, self.config.seed, None)
+        else:
+            self.load_pairs(accelerator)
+        # the frozen VAE decodes each clean latent the same way every epoch: decode them once when
         # the images fit in memory (the miniature world's do; 2,048 at 512 px would take 6 GB)
         latents = self.pairs["latents"]
         self.targets = None
-        if len(latents) * 3 * self.resolution**2 * 4 <= 2**30:
+        if not self.config.latent_noise and len(latents) * 3 * self.resolution**2 * 4 <= 2**30:
             self.targets = torch.cat([self.target(latents[i:i + 64].to(self.device)).cpu()
                                       for i in range(0, len(latents), 64)])
         torch.manual_seed(self.config.seed)
@@ -87,6 +104,10 @@ class DecoderDistill(Method):
 
     def batch(self, step, micro, accelerator):
         batch = super().batch(step, micro, accelerator)
+        if self.config.latent_noise:
+            z = batch["latents"]
+            sigma = torch.rand(z.shape[0], 1, 1, 1, generator=batch["generator"], device=z.device) * self.config.latent_noise
+            batch["latents"] = z + sigma * torch.randn(z.shape, generator=batch["generator"], device=z.device, dtype=z.dtype)
         batch["target"] = (self.targets[batch["index"]].to(self.device) if self.targets is not None
                            else self.target(batch["latents"]))
         return batch
