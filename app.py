@@ -47,13 +47,19 @@ def timing_line(t, n: int) -> str:
             f"decode {t.decode_ms:.0f} ms")
 
 
-def live_readout(result: FrameResult, stats: LiveStats, params: LiveParams) -> str:
+def live_readout(result: FrameResult, stats: LiveStats, params: LiveParams, trained_on: str = "") -> str:
+    """The Live tab's status line; ``trained_on`` is the attached ControlNet's control type, so a
+    map it was not trained on (depth into an edges ControlNet) is pointed out, not silently drawn."""
     s = result.stages_ms
     stages = " · ".join(f"{name.removesuffix('_ms')} {s[name]:.0f}" for name in STAGES[:-1])
     source = "static frame, last output reused" if result.reused else f"server {s['total_ms']:.0f} ms: {stages} ms"
-    return (f"**{stats.fps:.1f} fps** · latency {result.latency_ms:.0f} ms (avg {stats.latency_ms:.0f}) · "
+    text = (f"**{stats.fps:.1f} fps** · latency {result.latency_ms:.0f} ms (avg {stats.latency_ms:.0f}) · "
             f"control **{params.control_type}** · {source}\n\n"
             f"{stats.generated} generated · {stats.reused} static reused · {stats.superseded} superseded")
+    if trained_on and params.control_type not in (trained_on, "none"):
+        text += (f"\n\n⚠️ The attached ControlNet was trained on **{trained_on}** maps: for {params.control_type}, "
+                 f"attach a {params.control_type} ControlNet in the Models tab.")
+    return text
 
 
 def catalogue(hub: ModelHub) -> str:
@@ -98,7 +104,7 @@ def build_demo(hub: ModelHub) -> gr.Blocks:
         stats = session.stats()
         fresh = always_images or not result.reused
         return (result.image if fresh else gr.skip(), result.control if fresh else gr.skip(),
-                live_readout(result, stats, params),
+                live_readout(result, stats, params, hub.controlnet_control),
                 {"stages_ms": result.stages_ms, "latency_ms": result.latency_ms, "frame_reused": result.reused,
                  **asdict(stats)})
 

@@ -50,7 +50,7 @@ stage controlnet_teacher_depth 2.5 --set controlnet_teacher_depth.batch_size=64 
 stage lora_teacher 2.0 --set lora_teacher.batch_size=64 &
 
 # the chain: the decoder stage makes the 16k teacher pairs; block KD starts as soon as they exist
-stage decoder 1.5 --set decoder.batch_size=64 &
+stage decoder 1.5 --set decoder.batch_size=64 --set decoder.latent_source=pairs &
 decoder=$!
 until [ -f "$RUNS/pairs.safetensors" ] || ! kill -0 $decoder 2>/dev/null; do sleep 2; done
 stage block_kd 2.25 --set block_kd.batch_size=256 --set block_kd.lr=5e-4

@@ -5,8 +5,9 @@ module calls, argument checks, dataclass outputs), not in arithmetic. A traced a
 TorchScript graph runs the same ops without it and folds the weights in as constants; with the
 networks and inputs in channels-last layout (which oneDNN's CPU convolutions prefer) the
 miniature model's ControlNet + U-Net + decoder take about half the eager time on a 2-core CPU,
-after a trace of well under a second. ``torch.compile`` fuses more but needs ~90 s to compile on that CPU
-for every model, ControlNet, LoRA scale and shape, which a live app switching models cannot wait for.
+after a trace of well under a second. ``torch.compile`` fuses more, but compiling the same three
+networks took ~90 s on that CPU, again for every model, ControlNet, LoRA scale and shape: too long
+for an app whose users switch models.
 
 A graph bakes in the weights and every Python-level decision (shapes, which residuals exist, LoRA
 scales), so graphs are cached by network and input shapes, and the engine clears the cache
@@ -65,7 +66,7 @@ def _signature(tensors) -> tuple:
 
 
 class GraphCache:
-    """Traced graphs by (network, state, input shapes); the least recently used are dropped."""
+    """Traced graphs by (network, input shapes, dtypes, device); the least recently used are dropped."""
 
     def __init__(self, capacity: int = 12):
         self.capacity = capacity

@@ -296,6 +296,12 @@ class ModelHub:
         return [e for (k, _), e in self._entries.items() if k == kind]
 
     @property
+    def controlnet_control(self) -> str:
+        """The attached ControlNet's control type ("" when none is attached or it is unknown)."""
+        entry = self._lookup("controlnet", self.controlnet_key)
+        return entry.control if entry else ""
+
+    @property
     def shape(self) -> BaseShape | None:
         return BaseShape.from_config(self.engine.unet.config) if self.engine else None
 

@@ -81,13 +81,26 @@ def test_a_loaded_model_attaches_the_canny_controlnet_before_others(tmp_path):
     assert control_type_of(root / "b-unlabelled") == ""
     hub = ModelHub(search_dirs=[root], device="cpu", outputs=root)
     hub.start("outputs/tiny-model")
-    assert hub.controlnet_key == "outputs/z-run"
+    assert hub.controlnet_key == "outputs/z-run" and hub.controlnet_control == "canny"
     labels = dict((key, label) for label, key in hub.choices("controlnet"))
     assert labels["outputs/a-depth"] == "outputs/a-depth (depth)" and labels["outputs/b-unlabelled"] == "outputs/b-unlabelled"
     shutil.rmtree(root / "z-run")  # without a canny one: sketch, then depth, then unknown types
     hub.rescan()
     hub.load_model("outputs/tiny-model")
     assert hub.controlnet_key == "outputs/control_v11p_sd15_scribble"
+
+
+def test_live_readout_points_out_a_map_the_controlnet_was_not_trained_on():
+    from app import live_readout
+    from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveStats
+
+    result = FrameResult(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8),
+                         {s: 1.0 for s in STAGES}, latency_ms=20.0, reused=False)
+    stats = LiveStats(fps=15.0, latency_ms=20.0, frames=3, generated=3, reused=0, superseded=0)
+    assert "trained on" not in live_readout(result, stats, LiveParams(control_type="canny"), "canny")
+    warned = live_readout(result, stats, LiveParams(control_type="depth"), "canny")
+    assert "trained on **canny** maps" in warned and "attach a depth ControlNet" in warned
+    assert "trained on" not in live_readout(result, stats, LiveParams(control_type="depth"), "")  # type unknown
 
 
 @pytest.mark.parametrize("key", ["/etc", "../../etc", "outputs/../../../etc", "/etc/passwd", ["outputs/tiny-model"]])

@@ -57,6 +57,10 @@ def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     assert index["vae"][1] == "AutoencoderTiny"
     unet_file = next((assets / "sdxs" / "unet").glob("*.safetensors"))
     from safetensors import safe_open
+    from safetensors.torch import load_file
+    shipped, chain = (load_file(next((d / "vae").glob("*.safetensors"))) for d in (assets / "sdxs", runs / "decoder" / "final"))
+    assert set(shipped) == set(chain)  # the export re-attaches the chain's decoder
+    assert all(torch.allclose(shipped[k].float(), chain[k], atol=1e-2) for k in chain)
     with safe_open(str(unet_file), "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
     full, half = load_engine(runs / "ssd" / "final", device="cpu"), load_engine(assets / "sdxs", device="cpu")

@@ -97,13 +97,17 @@ def stage_args(stage: str, teacher: Path, runs: Path, extra: list[str]) -> list[
     return args
 
 
-def export_fp16(src: Path, dst: Path) -> dict:
-    """Half-precision copy of a pipeline folder for shipping (~2x smaller; the engine upcasts on the CPU)."""
-    from diffusers import DiffusionPipeline
+def export_fp16(src: Path, dst: Path, decoder: Path | None = None) -> dict:
+    """Half-precision copy of a pipeline folder for shipping (~2x smaller; the engine upcasts on the
+    CPU), with the ``vae`` of the ``decoder`` pipeline folder when given (the chain's tiny decoder,
+    so a retrained decoder ships without retraining the student)."""
+    from diffusers import AutoencoderTiny, DiffusionPipeline
 
     from trainers.core.diffusion import write_pipeline_atomically
 
     pipe = DiffusionPipeline.from_pretrained(str(src), safety_checker=None, requires_safety_checker=False)
+    if decoder is not None:
+        pipe.register_modules(vae=AutoencoderTiny.from_pretrained(decoder / "vae"))
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.half()
@@ -151,7 +155,9 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
                 continue
             method_main(method_class(stage), stage_args(stage, teacher, runs, extra))
         elif stage == "export":
-            print(f"[export] {export_fp16(runs / 'ssd' / 'final', assets / 'sdxs')}", flush=True)
+            decoder = runs / "decoder" / "final"
+            print(f"[export] {export_fp16(runs / 'ssd' / 'final', assets / 'sdxs', decoder if decoder.is_dir() else None)}",
+                  flush=True)
         elif stage == "export_controls":
             print(f"[export_controls] {export_controls(runs, assets)}", flush=True)
         elif stage == "benchmark":
