@@ -173,7 +173,9 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
                                             "--threads", str(torch.get_num_threads())])
         timings[stage] = round(time.time() - t0, 1)
         print(f"[{stage}] {timings[stage]:.0f} s", flush=True)
-    (runs / "distill_times.json").write_text(json.dumps(timings, indent=2))
+    times_file = runs / "distill_times.json"  # merged: a run of some stages keeps the others' times
+    previous = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    times_file.write_text(json.dumps({**previous, **timings}, indent=2))
     return timings
 
 
