@@ -385,8 +385,8 @@ class ModelHub:
             self.engine, self.model_key, self.controlnet_key, self.lora_key = engine, entry.key, None, None
         notice = f"Loaded **{entry.key}** ({self.shape})." + (" LoRA removed." if previous_lora else "")
         fitting = [k for _, k in self.choices("controlnet")]
-        local = sorted((self._lookup("controlnet", k) for k in fitting if _local_path(self._lookup("controlnet", k))),
-                       key=control_rank)  # stable: alphabetical within a control type
+        entries = (self._lookup("controlnet", k) for k in fitting)
+        local = sorted((e for e in entries if _local_path(e)), key=control_rank)  # stable: alphabetical within a type
         pick = previous_cn if previous_cn in fitting else next((e.key for e in local), None)
         if pick is not None:
             notice += " " + self.set_controlnet(pick)

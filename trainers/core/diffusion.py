@@ -142,6 +142,15 @@ def one_step_scheduler(scheduler):
 
 
 # ---- saving -------------------------------------------------------------------------------------------
+def load_tiny_decoder(folder: str | os.PathLike):
+    """An AutoencoderTiny from its own folder or from a pipeline folder's ``vae`` (what the decoder
+    method exports)."""
+    from diffusers import AutoencoderTiny
+
+    folder = Path(folder)
+    return AutoencoderTiny.from_pretrained(folder / "vae" if (folder / "vae").is_dir() else folder)
+
+
 def save_pipeline_folder(out: str | os.PathLike, components: dict, unet=None, vae=None, one_step: bool = True,
                          extra: dict | None = None) -> Path:
     """Write a StableDiffusionPipeline folder atomically (temp folder + rename). A one-step student

@@ -101,13 +101,13 @@ def export_fp16(src: Path, dst: Path, decoder: Path | None = None) -> dict:
     """Half-precision copy of a pipeline folder for shipping (~2x smaller; the engine upcasts on the
     CPU), with the ``vae`` of the ``decoder`` pipeline folder when given (the chain's tiny decoder,
     so a retrained decoder ships without retraining the student)."""
-    from diffusers import AutoencoderTiny, DiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-    from trainers.core.diffusion import write_pipeline_atomically
+    from trainers.core.diffusion import load_tiny_decoder, write_pipeline_atomically
 
     pipe = DiffusionPipeline.from_pretrained(str(src), safety_checker=None, requires_safety_checker=False)
     if decoder is not None:
-        pipe.register_modules(vae=AutoencoderTiny.from_pretrained(decoder / "vae"))
+        pipe.register_modules(vae=load_tiny_decoder(decoder))
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.half()
