@@ -5,7 +5,8 @@
     python app.py --host 0.0.0.0 --ssl-certfile cert.pem --ssl-keyfile key.pem   # webcams on other machines
 
 This file is wiring only: models, switching and generation live in ``sdxs_core.studio`` and the
-live loop in ``sdxs_core.stream``. Browsers need HTTPS (or localhost) to open a webcam.
+live loop in ``sdxs_core.stream`` (its WebSocket transport and browser client in ``sdxs_core.live_socket``).
+Browsers need HTTPS (or localhost) to open a webcam.
 """
 
 import argparse
@@ -14,30 +15,64 @@ from dataclasses import asdict
 import gradio as gr
 import torch
 
+from sdxs_core import live_socket
 from sdxs_core.control import EXTRACTORS
 from sdxs_core.devices import serving_threads
 from sdxs_core.errors import SDXSError
-from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats
+from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats, control_mismatch
 from sdxs_core.studio import STYLES, ModelHub, TextRequest, sketch_to_control, text_to_image
 
 DEFAULT_PROMPT = "a red heart above a blue star on a white background"
-STREAM_EVERY_S = 0.05  # the browser offers a frame every 50 ms; the server takes the newest when free
-LIVE_STREAMS = 2  # webcams served at once: a stream holds its slot until stopped or timed out
-LIVE_TIME_LIMIT_S = 300  # one stream's turn, so a queued webcam waits at most this long
+LIVE_STREAMS = 2  # webcams served at once; a third page retries until a slot frees
+LIVE_TURN_S = 300  # a stream keeps its slot this long at least, longer while nobody else waits
 ENGINE_SLOTS = 2  # concurrent request/response generations (text, sketch, API), apart from streams
 IMAGE_HEIGHT = 400  # px; small models' frames (64x64) are scaled up to this
 CSS = """
 #live-readout, #t2i-info, #sketch-info { font-variant-numeric: tabular-nums; }
-#live-out img, #live-control img, #sketch-out img { width: 100%; height: 100%; object-fit: contain; }
+#sketch-out img { width: 100%; height: 100%; object-fit: contain; }
+.sdxs-live-row { display: flex; gap: 0.75em; }
+.sdxs-live-row figure { flex: 1; margin: 0; min-width: 0; }
+.sdxs-live-row figcaption { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+.sdxs-live-row video, .sdxs-live-row img { width: 100%; aspect-ratio: 1; object-fit: contain;
+  background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
+  border-radius: var(--radius-lg); display: block; }
+.sdxs-live-row video { object-fit: cover; }
+.sdxs-live-row video.mirrored { transform: scaleX(-1); }
+.sdxs-live-bar { display: flex; gap: 1em; align-items: center; margin: 0.6em 0; }
+#live-start { background: var(--button-primary-background-fill); color: var(--button-primary-text-color);
+  border: none; border-radius: var(--button-large-radius); padding: var(--button-large-padding);
+  font-weight: var(--button-large-text-weight); font-size: var(--button-large-text-size); min-width: 12em;
+  cursor: pointer; }
+#live-start:hover { background: var(--button-primary-background-fill-hover); }
+#live-mirror { appearance: auto; accent-color: var(--color-accent); width: 1.1em; height: 1.1em; margin: 0 0.3em 0 0; }
+#live-readout { min-height: 3em; }
 #banner { border-left: 4px solid var(--color-accent); padding-left: 0.75em; }
 """
 
 
-def launch_options() -> dict:
-    """Theme and CSS (Gradio 6 takes them in ``launch``); system fonts, so nothing is fetched."""
+# The Live tab's own markup: sdxs_core/live_client.js streams the webcam over a WebSocket
+# (sdxs_core/live_socket.py) and fills these elements; the settings are the Gradio controls below it.
+LIVE_HTML = """<div class="sdxs-live">
+  <div class="sdxs-live-row">
+    <figure><figcaption>Webcam</figcaption><video id="live-webcam" autoplay muted playsinline></video></figure>
+    <figure id="live-out"><figcaption>Generated</figcaption><img alt="generated frame"></figure>
+    <figure id="live-control"><figcaption>Control map</figcaption><img alt="control map"></figure>
+  </div>
+  <div class="sdxs-live-bar">
+    <button id="live-start">Start webcam</button>
+    <label><input type="checkbox" id="live-mirror" checked> Mirror</label>
+  </div>
+  <div id="live-readout">Press Start webcam: FPS and latency appear here.</div>
+</div>"""
+
+
+def launch_options(hub: ModelHub) -> dict:
+    """``launch`` arguments beyond host and port: theme and CSS (Gradio 6 takes them here; system
+    fonts, so nothing is fetched) and the live loop's WebSocket route, served beside the app."""
     theme = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])
-    return {"theme": theme, "css": CSS}
+    gate = live_socket.LiveGate(slots=LIVE_STREAMS, turn_s=LIVE_TURN_S)
+    return {"theme": theme, "css": CSS, "app_kwargs": {"routes": live_socket.live_routes(hub, gate)}}
 
 
 # ---- text shown to the user ---------------------------------------------------------------------
@@ -56,10 +91,8 @@ def live_readout(result: FrameResult, stats: LiveStats, params: LiveParams, trai
     text = (f"**{stats.fps:.1f} fps** · latency {result.latency_ms:.0f} ms (avg {stats.latency_ms:.0f}) · "
             f"control **{params.control_type}** · {source}\n\n"
             f"{stats.generated} generated · {stats.reused} static reused · {stats.superseded} superseded")
-    if trained_on and params.control_type not in (trained_on, "none"):
-        text += (f"\n\n⚠️ The attached ControlNet was trained on **{trained_on}** maps: for {params.control_type}, "
-                 f"attach a {params.control_type} ControlNet in the Models tab.")
-    return text
+    notice = control_mismatch(trained_on, params.control_type)
+    return text + (f"\n\n⚠️ {notice}" if notice else "")
 
 
 def catalogue(hub: ModelHub) -> str:
@@ -91,7 +124,7 @@ def build_demo(hub: ModelHub) -> gr.Blocks:
         gallery = [(im, f"seed {s} · {per_image:.0f} ms") for im, s in zip(out.images, out.seeds)]
         return gallery, timing_line(out.timings, len(out.images))
 
-    def live(frame, prompt, control_type, strength, seed, session: LiveSession, always_images: bool):
+    def live(frame, prompt, control_type, strength, seed, session: LiveSession):
         if frame is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
@@ -102,8 +135,7 @@ def build_demo(hub: ModelHub) -> gr.Blocks:
         if result is None:  # superseded by a newer frame of this session
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         stats = session.stats()
-        fresh = always_images or not result.reused
-        return (result.image if fresh else gr.skip(), result.control if fresh else gr.skip(),
+        return (result.image, result.control,
                 live_readout(result, stats, params, hub.controlnet_control),
                 {"stages_ms": result.stages_ms, "latency_ms": result.latency_ms, "frame_reused": result.reused,
                  **asdict(stats)})
@@ -161,24 +193,19 @@ def build_demo(hub: ModelHub) -> gr.Blocks:
                     t2i_info = gr.Markdown(elem_id="t2i-info")
 
         with gr.Tab("Live"):
+            gr.HTML(html_template=LIVE_HTML, js_on_load=live_socket.client_js(), apply_default_css=False,
+                    elem_id="live-view")
             with gr.Row():
-                webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
-                                  height=IMAGE_HEIGHT, webcam_options=gr.WebcamOptions(mirror=True, constraints={
-                                      "video": {"width": {"ideal": 512}, "height": {"ideal": 512}}}))
-                live_out = gr.Image(label="Generated", streaming=True, format="jpeg", interactive=False,
-                                    height=IMAGE_HEIGHT, elem_id="live-out")
-                live_control = gr.Image(label="Control map", format="jpeg", interactive=False,
-                                        height=IMAGE_HEIGHT, elem_id="live-control")
-            readout = gr.Markdown("Allow the webcam and press record: FPS and latency appear here.",
-                                  elem_id="live-readout")
-            with gr.Row():
-                live_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3)
-                control_type = gr.Radio(list(EXTRACTORS), value="canny", label="Control")
-                strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Control strength")
-                live_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                live_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="live-prompt")
+                control_type = gr.Radio(list(EXTRACTORS), value="canny", label="Control", elem_id="live-control-type")
+                strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Control strength", elem_id="live-strength")
+                live_seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="live-seed")
+            # /live_frame: the per-frame function for API clients (gradio_client), one frame per call
+            api_frame = gr.Image(type="numpy", visible=False)
+            api_out, api_control = gr.Image(format="jpeg", visible=False), gr.Image(format="jpeg", visible=False)
+            api_readout, api_json = gr.Markdown(visible=False), gr.JSON(visible=False)
+            api_button = gr.Button(visible=False)
             live_state = gr.State(LiveSession())
-            live_api = gr.Button(visible=False)
-            live_json = gr.JSON(visible=False)
 
         with gr.Tab("Sketch"):
             with gr.Row():
@@ -220,12 +247,8 @@ def build_demo(hub: ModelHub) -> gr.Blocks:
         lora_scale.release(hub.set_lora_scale, lora_scale, None, api_visibility="private").then(
             generate, t2i_inputs, [gallery, t2i_info], api_visibility="private", **engine_queue)
 
-        live_inputs = [webcam, live_prompt, control_type, strength, live_seed, live_state]
-        webcam.stream(lambda *a: live(*a, always_images=False)[:3], live_inputs, [live_out, live_control, readout],
-                      stream_every=STREAM_EVERY_S, time_limit=LIVE_TIME_LIMIT_S, show_progress="hidden",
-                      api_visibility="private", concurrency_id="live", concurrency_limit=LIVE_STREAMS)
-        live_api.click(lambda *a: live(*a, always_images=True), live_inputs,
-                       [live_out, live_control, readout, live_json], api_name="live_frame", **engine_queue)
+        api_button.click(live, [api_frame, live_prompt, control_type, strength, live_seed, live_state],
+                         [api_out, api_control, api_readout, api_json], api_name="live_frame", **engine_queue)
 
         pad.change(sketch, [pad, sketch_prompt, sketch_strength, sketch_seed, sketch_state],
                    [sketch_out, sketch_info], trigger_mode="always_last", show_progress="hidden",
@@ -276,7 +299,7 @@ def main(argv=None) -> None:
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 ssl_verify=not args.ssl_certfile,  # an operator's own certificate is usually self-signed
-                **launch_options())
+                **launch_options(hub))
 
 
 if __name__ == "__main__":

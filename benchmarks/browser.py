@@ -7,8 +7,8 @@
 - ``live_page`` opens Chromium with that clip as its webcam, the Live tab shown and ``PROBE``
   injected, and starts the stream;
 - ``PROBE`` (JavaScript) timestamps, with the page's ``performance.now()``:
-  * each frame the page sends (Gradio's webcam component grabs the video into a canvas and calls
-    ``canvas.toDataURL("image/jpeg")`` once per frame it streams: that call is wrapped), with the
+  * each frame the page sends (the live client, ``sdxs_core/live_client.js``, draws the video into a
+    canvas and calls ``canvas.toBlob(cb, "image/jpeg")`` once per frame it sends: that call is wrapped), with the
     square's position in it;
   * each new ``src`` of the generated image and of the control map (a MutationObserver), and when
     that picture has been decoded (``img.decode()``), with the square's position in the control
@@ -78,7 +78,7 @@ def launch_app(hub):
     demo = app.build_demo(hub)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options())
+                **app.launch_options(hub))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -106,14 +106,14 @@ PROBE = """(side) => {
     }
     return x1 < 0 ? null : [(x0 + x1) / 2 * side / n, (y0 + y1) / 2 * side / n];
   };
-  // the webcam component encodes each frame it streams with toDataURL("image/jpeg")
-  const toDataURL = HTMLCanvasElement.prototype.toDataURL;
-  HTMLCanvasElement.prototype.toDataURL = function (...args) {
-    if (this !== small && args[0] === "image/jpeg") {
+  // the live client encodes each frame it sends with canvas.toBlob(callback, "image/jpeg")
+  const toBlob = HTMLCanvasElement.prototype.toBlob;
+  HTMLCanvasElement.prototype.toBlob = function (...args) {
+    if (this !== small && args[1] === "image/jpeg") {
       const t = performance.now();
       P.captures.push({t, pos: locate(this, this.width, this.height, side)});
     }
-    return toDataURL.apply(this, args);
+    return toBlob.apply(this, args);
   };
   const last = {};
   const check = () => {
@@ -159,8 +159,7 @@ def live_page(url: str, clip: Path, control_type: str = "canny", timeout_s: floa
             if control_type != "canny":
                 page.get_by_label(control_type).check()
             page.evaluate(PROBE, PROBE_SIDE)
-            page.get_by_text("Click to Access Webcam").click()
-            page.locator('[aria-label="capture photo"]').click()
+            page.locator("#live-start").click()
             yield page
         finally:
             browser.close()

@@ -4,27 +4,28 @@ either by a real browser (``--client browser``, the default) or by gradio_client
 ``--client browser`` measures what a user sees. Headless Chromium opens the Live tab with a fake
 webcam playing a clip this benchmark writes (a white square stepping across black, 512x512, 30 fps,
 10 s, looped: every frame differs, so none is skipped as static) and streams it exactly as a user's
-browser does. After ``--warmup-seconds``, for ``--seconds``:
+browser does: the Live tab's client (``sdxs_core/live_client.js``) crops each camera frame to the
+model's size and sends it over the app's WebSocket (``sdxs_core.live_socket``). After
+``--warmup-seconds``, for ``--seconds``:
 
 - delivered FPS (``fps``): distinct generated frames the page received per second (a
   MutationObserver injected into the page timestamps every new ``src`` of the output ``<img>``).
-  The ``<img>`` then fetches the JPEG from the server; a frame whose successor arrives before it
-  has been fetched and decoded is never painted: ``fps_shown`` counts only the frames decoded
-  (``img.decode()`` resolved) before being replaced;
-- end-to-end latency, median and p95: from the page grabbing a webcam frame to send (the webcam
-  component's ``canvas.toDataURL``, wrapped) to the generated frame made from it being decoded in
+  A frame whose successor arrives before it has been decoded is never painted: ``fps_shown``
+  counts only the frames decoded (``img.decode()`` resolved) before being replaced;
+- end-to-end latency, median and p95: from the page grabbing a webcam frame to send (the live
+  client's ``canvas.toBlob``, wrapped) to the generated frame made from it being decoded in
   the page. Frames are matched by content: the square's position names the frame within the loop,
   and it is read back from the control map (a Canny map of that very input, which arrives with the
-  generated frame). This is upload + queue + extraction + generation + JPEG encode + download +
-  decode. Frames whose map cannot be matched are left out (``latency_frames`` says how many count);
+  generated frame). This is JPEG encode + upload + any wait for the frame before it + extraction +
+  generation + JPEG encode + download + decode. Frames whose map cannot be matched are left out (``latency_frames`` says how many count);
 - server time per stage (median over generated frames) and server latency (frame in -> frame out
   inside the server), recorded in-process around ``LiveSession.process``: the numbers behind the
   page's readout line, unrounded. ``generated`` / ``reused`` / ``superseded`` count the window.
 
 ``--client api`` sends JPEG frames one after another to the ``/live_frame`` endpoint (the same
 per-frame function and per-session state) with gradio_client: its latency is client send -> frame
-received per call. Each call joins the queue and opens an event stream afresh (~150-250 ms on a
-2-core CPU even for a no-op), which a browser's stream does once, so it understates FPS.
+received per call. Each call joins Gradio's queue and opens an event stream afresh (~150-250 ms on a
+2-core CPU even for a no-op), which the page's WebSocket does once, so it understates FPS.
 
 Browser, server and model share this machine's CPU, as they would with a browser on the same box.
 
@@ -147,7 +148,7 @@ def measure_browser(hub, seconds: float = 15.0, warmup_s: float = 3.0, frame_siz
             time.sleep(seconds)
             t1, end = page.evaluate("performance.now()"), time.perf_counter()
             probe = page.evaluate("window.__probe")
-            readout = page.locator("#live-readout [data-testid=markdown]").inner_text()
+            readout = page.locator("#live-readout").inner_text()
 
     window_s = (t1 - t0) / 1e3
     received = [o for o in probe["outputs"] if t0 <= o["t"] < t1]

@@ -98,6 +98,15 @@ class RateMeter:
         return (len(self._times) - 1) / (self._times[-1] - self._times[0])
 
 
+def control_mismatch(trained_on: str, control_type: str) -> str:
+    """A notice when the chosen control map is not what the attached ControlNet was trained on
+    (a depth map into an edges ControlNet draws, but badly); "" when they agree or it is unknown."""
+    if not trained_on or control_type in (trained_on, "none"):
+        return ""
+    return (f"The attached ControlNet was trained on {trained_on} maps: for {control_type}, "
+            f"attach a {control_type} ControlNet in the Models tab.")
+
+
 def square_frame(image: ImageLike, side: int) -> np.ndarray:
     """Centre-crop to a square and resize to ``side``: the model works at its native square size,
     whatever aspect ratio the camera delivers."""
