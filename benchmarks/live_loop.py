@@ -22,6 +22,10 @@ model's size and sends it over the app's WebSocket (``sdxs_core.live_socket``). 
   inside the server), recorded in-process around ``LiveSession.process``: the numbers behind the
   page's readout line, unrounded. ``generated`` / ``reused`` / ``superseded`` count the window.
 
+``--client socket`` streams the same kind of frames through the Live tab's WebSocket as its page does
+(cropped to the model's size, JPEG, two in flight) from Python: the server path without a browser
+(for a GPU box, or to see what the browser costs). Latency: frame sent -> generated frame received.
+
 ``--client api`` sends JPEG frames one after another to the ``/live_frame`` endpoint (the same
 per-frame function and per-session state) with gradio_client: its latency is client send -> frame
 received per call. Each call joins Gradio's queue and opens an event stream afresh (~150-250 ms on a
@@ -30,6 +34,7 @@ received per call. Each call joins Gradio's queue and opens an event stream afre
 Browser, server and model share this machine's CPU, as they would with a browser on the same box.
 
     python -m benchmarks.live_loop                        # browser, bundled miniature model (tiny random if absent)
+    python -m benchmarks.live_loop --client socket --frames 200
     python -m benchmarks.live_loop --client api --frames 50
     python -m benchmarks.live_loop --model PATH --controlnet PATH --device cuda --seconds 30
 """
@@ -55,6 +60,7 @@ LATENCY_KINDS = {
     "browser": "end-to-end in the browser: webcam frame grabbed for sending -> the generated frame made "
                "from it decoded in the page (matched by content)",
     "api": "gradio_client call: frame sent -> generated frame received",
+    "socket": "WebSocket client: frame sent -> generated frame received (two in flight, as the page)",
 }
 
 
@@ -206,6 +212,62 @@ def measure_api(hub, frames: int = 50, warmup: int = 3, frame_size: int = 512, c
     )
 
 
+# ---- --client socket -------------------------------------------------------------------------------
+def measure_socket(hub, frames: int = 200, warmup: int = 10, frame_size: int = 512, control_type: str = "canny",
+                   threads: int | None = None) -> dict:
+    """Stream ``warmup`` + ``frames`` frames through the Live tab's WebSocket as its page does (each
+    frame cropped to the model's size, JPEG, at most ``max_in_flight`` unanswered), without a browser."""
+    import cv2
+    from websockets.sync.client import connect
+
+    from benchmarks.browser import launch_app
+    from sdxs_core.live_socket import LIVE_PATH, pack, unpack
+
+    with launch_app(hub) as url, tempfile.TemporaryDirectory() as tmp:
+        paths = write_frames(Path(tmp), warmup + frames, frame_size)
+        with connect(url.replace("http://", "ws://").rstrip("/") + LIVE_PATH, max_size=None) as ws:
+            hello = json.loads(ws.recv())
+            side = hello["size"]
+            jpegs = [cv2.imencode(".jpg", cv2.resize(cv2.imread(str(p)), (side, side), interpolation=cv2.INTER_AREA),
+                                  [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for p in paths]
+            sent, replies = {}, []
+            settings = {"prompt": PROMPT, "control_type": control_type, "strength": 0.8, "seed": 0}
+
+            def send(i):
+                sent[i] = time.perf_counter()
+                ws.send(pack({"id": i, **settings}, jpegs[i]))
+
+            for i in range(min(hello["max_in_flight"], len(jpegs))):
+                send(i)
+            nxt, start = len(sent), None
+            while len(replies) < len(jpegs):
+                message = ws.recv()
+                now = time.perf_counter()
+                header = json.loads(message) if isinstance(message, str) else unpack(message)[0]
+                if header.get("type") == "error":
+                    raise RuntimeError(f"the server refused frame {header.get('id')}: {header['message']}")
+                replies.append((now, now - sent[header["id"]], header))
+                if len(replies) == warmup:
+                    start = now  # the timed run starts after the warm-up frames
+                if nxt < len(jpegs):
+                    send(nxt)
+                    nxt += 1
+    timed = [(t, lat, h) for t, lat, h in replies[warmup:] if h["type"] == "frame"]
+    elapsed = replies[-1][0] - (start or replies[0][0])
+    generated = [h for _, _, h in timed if not h["reused"]]
+    latencies = [lat * 1e3 for _, lat, _ in timed]
+    return dict(
+        describe(hub, threads or os.cpu_count(), frame_size, control_type, "socket"),
+        seconds=round(elapsed, 2), frames_sent=frames, frames=len(timed), fps=round(len(timed) / elapsed, 2),
+        latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
+        latency_kind=LATENCY_KINDS["socket"], latency_frames=len(latencies),
+        server_latency_ms_p50=percentile([h["latency_ms"] for h in generated], 50),
+        stages_ms=median_stages([h["stages_ms"] for h in generated]),
+        generated=len(generated), reused=len(timed) - len(generated),
+        superseded=sum(h["type"] == "dropped" for _, _, h in replies[warmup:]),
+    )
+
+
 # ---- output ----------------------------------------------------------------------------------------
 def table(report: dict) -> str:
     def ms(v):
@@ -260,15 +322,16 @@ def write_report(report: dict, path: Path) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--client", choices=("browser", "api"), default="browser",
-                        help="browser: headless Chromium with a fake webcam (what a user sees); "
-                             "api: gradio_client calls to /live_frame")
+    parser.add_argument("--client", choices=("browser", "socket", "api"), default="browser",
+                        help="browser: headless Chromium with a fake webcam (what a user sees); socket: the "
+                             "Live tab's WebSocket without a browser; api: gradio_client calls to /live_frame")
     parser.add_argument("--model", default=None, help="preset or folder (default: what the app opens with)")
     parser.add_argument("--controlnet", default=None, help="ControlNet (default: the first local one that fits)")
     parser.add_argument("--seconds", type=float, default=15.0, help="browser: measured seconds")
     parser.add_argument("--warmup-seconds", type=float, default=3.0, help="browser: unmeasured seconds first")
-    parser.add_argument("--frames", type=int, default=50, help="api: timed frames, after --warmup untimed ones")
-    parser.add_argument("--warmup", type=int, default=3, help="api: untimed frames first")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="socket / api: timed frames, after --warmup untimed ones (default 200 / 50)")
+    parser.add_argument("--warmup", type=int, default=None, help="socket / api: untimed frames first (default 10 / 3)")
     parser.add_argument("--frame-size", type=int, default=512, help="side of the square input frames (as a webcam "
                                                                     "asked for 512x512 sends)")
     parser.add_argument("--control-type", default="canny")
@@ -281,7 +344,8 @@ def main(argv=None):
     parser.add_argument("--eager", action="store_true", help="no traced one-step graphs (app.py --eager)")
     parser.add_argument("--out", type=Path, default=RESULTS / "live_loop.json")
     args = parser.parse_args(argv)
-    if args.frames < 2 or args.warmup < 0 or args.seconds <= 0 or args.warmup_seconds < 0 or args.repeats < 1:
+    if ((args.frames is not None and args.frames < 2) or (args.warmup or 0) < 0 or args.seconds <= 0
+            or args.warmup_seconds < 0 or args.repeats < 1):
         parser.error("--frames must be >= 2, --seconds > 0, --repeats >= 1, --warmup and --warmup-seconds >= 0")
 
     import torch
@@ -300,9 +364,12 @@ def main(argv=None):
         if args.client == "browser":
             reports.append(measure_browser(hub, args.seconds, args.warmup_seconds, args.frame_size,
                                            args.control_type, threads=args.threads))
+        elif args.client == "socket":
+            reports.append(measure_socket(hub, args.frames or 200, 10 if args.warmup is None else args.warmup,
+                                          args.frame_size, args.control_type, threads=args.threads))
         else:
-            reports.append(measure_api(hub, args.frames, args.warmup, args.frame_size, args.control_type,
-                                       threads=args.threads))
+            reports.append(measure_api(hub, args.frames or 50, 3 if args.warmup is None else args.warmup,
+                                       args.frame_size, args.control_type, threads=args.threads))
         print(f"run {len(reports)}/{args.repeats}: {reports[-1]['fps']:.1f} fps, "
               f"p95 {reports[-1]['latency_ms_p95']} ms", flush=True)
     report = combine_runs(reports)

@@ -47,3 +47,18 @@ def test_browser_benchmark_smoke(tmp_path):
     for key in ("latency_ms_p50", "latency_ms_p95", "server_latency_ms_p50"):
         assert saved[key] is None or saved[key] > 0  # None only when no frame could be matched
     assert "fps" in saved["readout"]
+
+
+def test_socket_benchmark_streams_every_frame(tmp_path):
+    from benchmarks import live_loop
+    from sdxs_core.presets import ASSETS
+    from sdxs_core.studio import ModelHub
+
+    outputs = tmp_path / "outputs"
+    hub = ModelHub(search_dirs=[outputs, ASSETS], device="cpu", outputs=outputs)
+    hub.start(hub.default_model())
+    report = live_loop.measure_socket(hub, frames=20, warmup=2)
+    assert report["client"] == "socket" and report["frames"] == 20 and report["latency_frames"] == 20
+    assert report["generated"] == 20 and report["reused"] == 0  # every frame of the sweep differs
+    assert report["fps"] > 0 and report["latency_ms_p95"] >= report["latency_ms_p50"] > 0
+    assert set(report["stages_ms"]) == set(live_loop.STAGES)
