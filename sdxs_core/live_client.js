@@ -60,7 +60,7 @@ function show(img, bytes) {
 }
 
 function sendFrame() {
-  if (!ws || ws.readyState !== WebSocket.OPEN || !hello || video.readyState < 2) return;
+  if (!ws || ws.readyState !== WebSocket.OPEN || !hello || !hello.size || video.readyState < 2) return;
   if (cameraFrame === sentFrame) return;
   if (sent.size >= hello.max_in_flight) { waiting = true; return; }
   waiting = false;

@@ -30,6 +30,7 @@ backlog; the server also drops frames beyond that, whoever sends them.
 import asyncio
 import io
 import json
+import logging
 import math
 import struct
 import threading
@@ -47,6 +48,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import SDXSError
 from .stream import LiveParams, LiveSession, control_mismatch
+
+log = logging.getLogger(__name__)
 
 LIVE_PATH = "/sdxs/live"
 CLIENT_JS = Path(__file__).with_name("live_client.js")
@@ -241,6 +244,11 @@ class LiveConnection:
         except (SDXSError, ValueError) as e:
             await self._quietly(self._send_text({"type": "error", "id": frame_id, "message": str(e)}))
             return
+        except Exception as e:  # a bug, not the user's input: logged, and the frame still answered
+            log.exception("live frame %r failed", frame_id)
+            why = f"internal error ({type(e).__name__}: {e}); see the server log"
+            await self._quietly(self._send_text({"type": "error", "id": frame_id, "message": why}))
+            return
         if message is None:  # a newer frame of this connection superseded it while it waited
             await self._quietly(self._send_text({"type": "dropped", "id": frame_id}))
         else:
@@ -263,7 +271,8 @@ class LiveConnection:
             return None
         image, control = encode_jpeg(result.image), encode_jpeg(result.control)
         header = {"type": "frame", "id": frame_id, "size": size,
-                  "image_bytes": len(image), "control_bytes": len(control), "reused": result.reused, "latency_ms": round(result.latency_ms, 2),
+                  "image_bytes": len(image), "control_bytes": len(control),
+                  "reused": result.reused, "latency_ms": round(result.latency_ms, 2),
                   "stages_ms": {k: round(v, 2) for k, v in result.stages_ms.items()},
                   "stats": asdict(self.session.stats()), "control_type": params.control_type,
                   "notice": control_mismatch(self.hub.controlnet_control, params.control_type)}

@@ -195,3 +195,19 @@ def test_message_format():
     for bad in ({"seed": -1}, {"seed": "x"}, {"strength": "strong"}, {"strength": float("nan")}, {"prompt": 5}):
         with pytest.raises(FrameError):
             frame_params(bad)
+
+
+def test_a_failing_generation_is_answered_and_logged_not_left_hanging(hub, monkeypatch, caplog):
+    def broken(self, engine, frame, params):
+        raise RuntimeError("boom")
+
+    with client_for(hub).websocket_connect(LIVE_PATH) as ws:
+        ws.receive_text()
+        monkeypatch.setattr(live_socket.LiveSession, "process", broken)
+        ws.send_bytes(frame_message(1, jpeg_square(10)))
+        error = json.loads(ws.receive_text())
+        assert error["id"] == 1 and "internal error (RuntimeError: boom)" in error["message"]
+        assert "live frame 1 failed" in caplog.text
+        monkeypatch.undo()
+        ws.send_bytes(frame_message(2, jpeg_square(10)))
+        assert reply(ws)[0]["type"] == "frame"  # the stream survives
