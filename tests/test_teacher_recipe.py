@@ -11,7 +11,7 @@ from sdxs_core import load_engine
 from trainers.miniature import recipe, teacher
 
 
-def test_vae_teacher_continue_and_export(tmp_path):
+def test_vae_teacher_continue_and_export(tmp_path, monkeypatch):
     torch.manual_seed(0)
     cpu = torch.device("cpu")
     vae_stats = teacher.train_vae(tmp_path / "vae", steps=2, batch=4, device=cpu, n_data=16, eval_n=8)
@@ -44,6 +44,13 @@ def test_vae_teacher_continue_and_export(tmp_path):
     again = teacher.train_teacher(tmp_path / "shipped" / "vae", tmp_path / "teacher3", steps=1, batch=4, device=cpu,
                                   n_data=8, init=tmp_path / "shipped")
     assert np.isfinite(again["final_loss"]) and len(again["history"]) == 3
+
+    # the recipe's continue stage trains work/teacher further; export then ships the continued one
+    monkeypatch.setitem(recipe.SHIPPED, "continue", dict(steps=1, batch=4, n_data=16, lr=3e-4))
+    recipe.run(["continue", "export"], cpu, tmp_path, tmp_path / "assets", None, None)
+    continued = json.loads((tmp_path / "teacher-continued" / "train_stats.json").read_text())
+    shipped = json.loads((tmp_path / "assets" / "teacher" / "train_stats.json").read_text())
+    assert [h["steps"] for h in continued["history"]] == [2, 1] and shipped["history"] == continued["history"]
 
 
 def test_text_pretraining_teaches_the_encoder_to_read_held_out_captions():

@@ -2,6 +2,7 @@
 
     python -m trainers.miniature.recipe                    # everything, on the CPU
     python -m trainers.miniature.recipe --stages teacher export --teacher-minutes 85
+    python -m trainers.miniature.recipe --stages continue export --continue-minutes 125
 
 Stages, in order (each writes under ``--work`` and the shipped copies under ``--assets``):
   tokenizer    CLIP-format tokenizer trained on the captions          -> assets/miniature/tokenizer
@@ -9,12 +10,15 @@ Stages, in order (each writes under ``--work`` and the shipped copies under ``--
   vae          AutoencoderKL, 4 latent channels, 4x downsampling      -> work/vae
   teacher      text-encoder pretraining, then the SD-shaped U-Net on
                the frozen encoder (epsilon, min-SNR, CFG dropout)     -> work/teacher
-  export       fp16 diffusers folder of the teacher                   -> assets/miniature/teacher
+  continue     more training of that teacher, a fresh cosine LR from
+               3e-4 over its own budget (``--continue-minutes``)      -> work/teacher-continued
+  export       fp16 diffusers folder of the teacher (the continued
+               one when it exists)                                    -> assets/miniature/teacher
 
 The settings are those of the shipped weights (``train_stats.json`` in each folder records steps,
 batch and wall time). The shipped VAE was trained on an H200 (72 s; ``--device cuda``); the teacher
-on this 2-core CPU under a wall-time budget (``--teacher-minutes``), so its step count depends on
-the machine.
+on this 2-core CPU under wall-time budgets (``--teacher-minutes``, then ``--continue-minutes``), so
+its step count depends on the machine.
 """
 
 import argparse
@@ -27,11 +31,12 @@ import torch
 from . import classifier, teacher, text
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "miniature"
-STAGES = ("tokenizer", "classifier", "vae", "teacher", "export")
+STAGES = ("tokenizer", "classifier", "vae", "teacher", "continue", "export")
 SHIPPED = {  # what produced assets/miniature (train_stats.json records the same)
     "classifier": dict(steps=1000, batch=128),
     "vae": dict(steps=1377, batch=256, n_data=60_000),
     "teacher": dict(steps=100_000, batch=64, n_data=60_000, lr=5e-4, text_steps=600),
+    "continue": dict(steps=100_000, batch=64, n_data=60_000, lr=3e-4),
 }
 
 
@@ -46,7 +51,8 @@ def export_fp16(src: Path, dst: Path) -> dict:
     return {"bytes": sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())}
 
 
-def run(stages, device: torch.device, work: Path, assets: Path, teacher_minutes: float | None) -> None:
+def run(stages, device: torch.device, work: Path, assets: Path, teacher_minutes: float | None,
+        continue_minutes: float | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     for stage in stages:
         t0 = time.time()
@@ -58,10 +64,18 @@ def run(stages, device: torch.device, work: Path, assets: Path, teacher_minutes:
         elif stage == "vae":
             result = teacher.train_vae(work / "vae", device=device, **SHIPPED["vae"])
         elif stage == "teacher":
+            budget = teacher_minutes * 60 if teacher_minutes else None
             result = teacher.train_teacher(work / "vae", work / "teacher", device=device, save_every_s=600,
-                                           budget_s=teacher_minutes * 60 if teacher_minutes else None, **SHIPPED["teacher"])
+                                           budget_s=budget, **SHIPPED["teacher"])
+        elif stage == "continue":
+            budget = continue_minutes * 60 if continue_minutes else None
+            result = teacher.train_teacher(work / "vae", work / "teacher-continued", device=device,
+                                           init=work / "teacher", save_every_s=1200, budget_s=budget,
+                                           **SHIPPED["continue"])
         else:
-            result = export_fp16(work / "teacher", assets / "teacher")
+            continued = work / "teacher-continued"
+            source = continued if (continued / "model_index.json").is_file() else work / "teacher"
+            result = export_fp16(source, assets / "teacher")
         print(f"[{stage}] {time.time() - t0:.0f} s: {json.dumps(result, default=str)[:300]}", flush=True)
 
 
@@ -74,8 +88,10 @@ def main(argv=None):
     parser.add_argument("--assets", type=Path, default=ASSETS)
     parser.add_argument("--teacher-minutes", type=float, default=85.0,
                         help="the teacher's wall-time budget, text-encoder pretraining included")
+    parser.add_argument("--continue-minutes", type=float, default=125.0,
+                        help="the continuation's wall-time budget, data encoding included")
     args = parser.parse_args(argv)
-    run(args.stages, torch.device(args.device), args.work, args.assets, args.teacher_minutes)
+    run(args.stages, torch.device(args.device), args.work, args.assets, args.teacher_minutes, args.continue_minutes)
 
 
 if __name__ == "__main__":
