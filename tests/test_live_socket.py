@@ -4,6 +4,7 @@ ControlNet, driven in-process through Starlette's test client as the browser cli
 import io
 import json
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -131,15 +132,23 @@ def test_two_connections_never_share_frames_or_noise(hub):
         assert np.abs(second - first).max() <= 2  # same seed, same frame: same picture, computed afresh
 
 
-def test_frames_beyond_the_in_flight_limit_are_dropped_not_queued(hub):
+def test_frames_beyond_the_in_flight_limit_are_dropped_not_queued(hub, monkeypatch):
+    release, original = threading.Event(), live_socket.LiveSession.process
+
+    def held(self, *args):  # generation waits until the test has seen the extra frames answered
+        release.wait(30)
+        return original(self, *args)
+
+    monkeypatch.setattr(live_socket.LiveSession, "process", held)
     with client_for(hub).websocket_connect(LIVE_PATH) as ws:
         ws.receive_text()
         for i in range(6):  # a client that ignores max_in_flight
             ws.send_bytes(frame_message(i, jpeg_square(8 * i)))
-        replies = [reply(ws)[0] for _ in range(6)]
-        assert sorted(r["id"] for r in replies) == list(range(6))  # every frame answered exactly once
-        kinds = [r["type"] for r in replies]
-        assert 1 <= kinds.count("frame") <= 4 and kinds.count("dropped") >= 2
+        dropped = [json.loads(ws.receive_text()) for _ in range(4)]
+        assert dropped == [{"type": "dropped", "id": i} for i in range(2, 6)]  # not queued behind the first two
+        release.set()
+        done = [reply(ws)[0] for _ in range(2)]
+        assert sorted(r["id"] for r in done) == [0, 1] and {r["type"] for r in done} == {"frame"}
 
 
 def test_pages_of_other_sites_are_refused(hub):
