@@ -217,19 +217,18 @@ def measure_socket(hub, frames: int = 200, warmup: int = 10, frame_size: int = 5
                    threads: int | None = None) -> dict:
     """Stream ``warmup`` + ``frames`` frames through the Live tab's WebSocket as its page does (each
     frame cropped to the model's size, JPEG, at most ``max_in_flight`` unanswered), without a browser."""
-    import cv2
     from websockets.sync.client import connect
 
     from benchmarks.browser import launch_app
-    from sdxs_core.live_socket import LIVE_PATH, pack, unpack
+    from sdxs_core.live_socket import LIVE_PATH, encode_jpeg, pack, unpack
+    from sdxs_core.stream import square_frame
 
     with launch_app(hub) as url, tempfile.TemporaryDirectory() as tmp:
         paths = write_frames(Path(tmp), warmup + frames, frame_size)
         with connect(url.replace("http://", "ws://").rstrip("/") + LIVE_PATH, max_size=None) as ws:
             hello = json.loads(ws.recv())
             side = hello["size"]
-            jpegs = [cv2.imencode(".jpg", cv2.resize(cv2.imread(str(p)), (side, side), interpolation=cv2.INTER_AREA),
-                                  [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for p in paths]
+            jpegs = [encode_jpeg(square_frame(Image.open(p), side)) for p in paths]  # cropped as the page does
             sent, replies = {}, []
             settings = {"prompt": PROMPT, "control_type": control_type, "strength": 0.8, "seed": 0}
 
