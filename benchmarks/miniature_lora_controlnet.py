@@ -57,8 +57,9 @@ def layout_consistency(classifier, off, on) -> float:
     return same / len(off)
 
 
-def lora_rows(engine, lora: Path, classifier, n: int, scale: float = 1.0, style: str = "pastel", batch: int = 64) -> list[dict]:
-    """The student with the LoRA off and on, on the same held-out prompts and seeds."""
+def lora_rows(engine, lora: Path, classifier, n: int, scale: float = 1.0, style: str = "pastel", batch: int = 64,
+              steps: int = 1, cfg: float = 0.0, label: str = "one-step student") -> list[dict]:
+    """A model with the LoRA off and on, on the same held-out prompts and seeds."""
     import numpy as np
 
     from trainers.miniature import world
@@ -70,7 +71,8 @@ def lora_rows(engine, lora: Path, classifier, n: int, scale: float = 1.0, style:
     def generate():
         images, ms = [], 0.0
         for s in range(0, n, batch):
-            out = engine.generate(prompts[s:s + batch], seed=seeds[s:s + batch], output_type="np")
+            out = engine.generate(prompts[s:s + batch], seed=seeds[s:s + batch], num_inference_steps=steps,
+                                  guidance_scale=cfg, output_type="np")
             images.append(out.images)
             ms += out.timings.total_ms
         return np.concatenate(images), ms / n
@@ -80,9 +82,10 @@ def lora_rows(engine, lora: Path, classifier, n: int, scale: float = 1.0, style:
     on, on_ms = generate()
     engine.unload_lora(name)
     rows = []
-    for label, images, ms in (("one-step student", off, off_ms), (f"one-step student + style LoRA ({scale:g})", on, on_ms)):
+    nfe = steps * (2 if cfg > 1 else 1)
+    for name, images, ms in ((label, off, off_ms), (f"{label} + style LoRA ({scale:g})", on, on_ms)):
         read = read_images(classifier, images, prompts)
-        rows.append({"model": label, "nfe": 1, "cfg": 0.0, "style_accuracy": style_share(classifier, images, style),
+        rows.append({"model": name, "nfe": nfe, "cfg": cfg, "style_accuracy": style_share(classifier, images, style),
                      "prompt_accuracy": read["prompt_accuracy"], "attribute_accuracy": read["attribute_accuracy"],
                      "latency_ms": ms})
     rows[1]["layout_consistency"] = layout_consistency(classifier, off, on)
@@ -99,10 +102,12 @@ def markdown_tables(report: dict) -> str:
         lines.append(f"| {r['model']} | {r['control_type']} | {r['nfe']} | {f1} | {dc} | {r['prompt_accuracy']:.1%} | "
                      f"{r['mfid']:.1f} | {r['latency_ms']:.1f} |")
     if report["lora_rows"]:
-        lines += ["", "| model | style accuracy | layout consistency | prompt acc. | ms/image |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| model | NFE | style accuracy | layout consistency | prompt acc. | ms/image |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for r in report["lora_rows"]:
             lc = f"{r['layout_consistency']:.1%}" if "layout_consistency" in r else "-"
-            lines.append(f"| {r['model']} | {r['style_accuracy']:.1%} | {lc} | {r['prompt_accuracy']:.1%} | {r['latency_ms']:.1f} |")
+            lines.append(f"| {r['model']} | {r['nfe']} | {r['style_accuracy']:.1%} | {lc} | {r['prompt_accuracy']:.1%} | "
+                         f"{r['latency_ms']:.1f} |")
     return "\n".join(lines)
 
 
@@ -156,7 +161,13 @@ def main(argv=None):
     if lora is None or not (args.student / "model_index.json").is_file():
         skipped.append("style LoRA rows: no distilled LoRA or no student")
     else:
-        lora_result = lora_rows(load_engine(args.student, device="cpu"), lora, classifier, args.n, batch=args.batch)
+        teacher_lora = args.runs / "lora_teacher" / "final" / "pytorch_lora_weights.safetensors"
+        if teacher_lora.is_file() and (args.teacher / "model_index.json").is_file():
+            lora_result += lora_rows(load_engine(args.teacher, device="cpu"), teacher_lora, classifier, args.n,
+                                     batch=args.batch, steps=args.steps, cfg=args.cfg, label="teacher")
+        else:
+            skipped.append(f"teacher style LoRA rows: no LoRA at {teacher_lora} or no teacher")
+        lora_result += lora_rows(load_engine(args.student, device="cpu"), lora, classifier, args.n, batch=args.batch)
     report = {"n_images": args.n, "controlnet_rows": cn_rows, "lora_rows": lora_result, "skipped": skipped,
               "threads": args.threads, "wall_seconds": round(time.perf_counter() - start, 1)}
     print()

@@ -1,10 +1,12 @@
 """The LoRA / ControlNet results table's own measures, checked on real renders whose truth is known."""
 
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from benchmarks.miniature_lora_controlnet import controlnet_rows, layout_consistency, style_share
+from benchmarks.miniature_lora_controlnet import controlnet_rows, layout_consistency, lora_rows, style_share
 from trainers.miniature import world
 from trainers.miniature.classifier import load_classifier
 
@@ -27,3 +29,40 @@ def test_controlnet_rows_prefer_the_shipped_student_controlnet(tmp_path):
     assert rows[("one-step student + ControlNet (edges)", "edges")][2] == tmp_path / "runs" / "controlnet_ssd_edges" / "final"
     assert rows[("teacher + ControlNet (edges)", "edges")][4:] == (25, 5.0)
     assert rows[("one-step student + ControlNet (depth)", "depth")][4:] == (1, 0.0)
+
+
+class RenderingEngine:
+    """Draws each held-out prompt's true scene, pastel while a LoRA is loaded: a perfect style LoRA."""
+
+    def __init__(self, n_prompts: int):
+        specs, appearance = world.sample_specs(0, n_prompts, "plain", "eval")
+        self.scenes = {world.caption(s): (s, a) for s, a in zip(specs, appearance)}
+        self.lora, self.calls = None, []
+
+    def generate(self, prompts, seed, num_inference_steps, guidance_scale, output_type):
+        self.calls.append((len(prompts), num_inference_steps, guidance_scale))
+        style = "pastel" if self.lora else "plain"
+        specs = [replace(self.scenes[p][0], style=style) for p in prompts]
+        images = world.render_specs(specs, np.stack([self.scenes[p][1] for p in prompts]))["images"]
+        return SimpleNamespace(images=images.astype(np.float32) / 255, timings=SimpleNamespace(total_ms=2.0 * len(prompts)))
+
+    def load_lora(self, path, scale):
+        self.lora = path
+        return "style"
+
+    def unload_lora(self, name):
+        assert name == "style"
+        self.lora = None
+
+
+def test_lora_rows_score_a_model_with_the_lora_off_and_on():
+    n = 32
+    engine = RenderingEngine(n // 4)
+    off, on = lora_rows(engine, Path("lora.safetensors"), load_classifier(), n, batch=16, steps=25, cfg=5.0, label="teacher")
+    assert engine.calls == [(16, 25, 5.0)] * 4 and engine.lora is None  # both passes at the given steps; LoRA unloaded
+    assert (off["model"], on["model"]) == ("teacher", "teacher + style LoRA (1)")
+    assert off["nfe"] == on["nfe"] == 50 and on["cfg"] == 5.0
+    assert off["style_accuracy"] < 0.1 and on["style_accuracy"] > 0.9
+    assert on["layout_consistency"] > 0.85 and "layout_consistency" not in off
+    assert off["prompt_accuracy"] > 0.8 and on["prompt_accuracy"] > 0.8
+    assert off["latency_ms"] == on["latency_ms"] == 2.0
