@@ -78,3 +78,13 @@ def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     assert engine.generate("a b", seed=1, control_image=control, output_type="np").images.shape == (1, 64, 64, 3)
     name = engine.load_lora(assets / "lora-pastel")
     assert name in engine.loras
+    # the decoder continued on the student's latents, with this chain's ControlNets and LoRA, then shipped by export
+    sets = dict(a.split("=", 1) for a in distill.stage_args("decoder_student", mid_teacher_dir, runs, [])[3::2])
+    assert sets["decoder_init"] == str(runs / "decoder" / "final") and sets["student"] == str(runs / "ssd" / "final")
+    assert sets["student_controlnets"] == str([str(runs / f"controlnet_ssd_{k}" / "final") for k in ("edges", "depth")])
+    assert sets["student_loras"] == str([str(runs / "lora_ssd" / "final")])
+    distill.run(("export",), mid_teacher_dir, runs, assets, TOY, n_eval=4)
+    continued = load_file(next((runs / "decoder_student" / "final" / "vae").glob("*.safetensors")))
+    shipped = load_file(next((assets / "sdxs" / "vae").glob("*.safetensors")))
+    assert all(torch.allclose(shipped[k].float(), continued[k], atol=1e-2) for k in continued)
+    assert any(not torch.allclose(continued[k], chain[k]) for k in chain)

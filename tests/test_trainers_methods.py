@@ -142,6 +142,67 @@ def test_decoder_on_perturbed_world_latents_targets_the_vae_decode_of_what_it_se
     assert (out / "vae" / "config.json").is_file()
 
 
+def test_decoder_learns_on_the_students_own_latents_and_continues_a_decoder(tmp_path, mid_teacher_dir, tiny_dir,
+                                                                          tiny_controlnet_dir, tiny_lora_file):
+    """student: the world latents plus the one-step student's latents on the same scenes, scene i made
+    by variant i mod 3 (text only, the ControlNet on the scene's canny map, the LoRA), seed i; the
+    target stays the VAE's decode. decoder_init: the decoder starts from the given one."""
+    import shutil
+
+    from diffusers import AutoencoderTiny
+
+    from sdxs_core import load_engine
+    from sdxs_core.control import extract
+    from trainers.core.config import load_config
+    from trainers.miniature import world
+    from trainers.methods.decoder import DecoderDistill
+
+    controlnet = shutil.copytree(tiny_controlnet_dir, tmp_path / "cn-canny")  # its type from the folder name
+    first, _ = run(DecoderDistill, mid_teacher_dir, tmp_path / "dec", decoder_size="tiny", latent_source="world",
+                   num_images=6, max_steps=1)
+    out, method = run(DecoderDistill, mid_teacher_dir, tmp_path / "dec2", decoder_size="tiny", latent_source="world",
+                      num_images=6, max_steps=1, student=str(tiny_dir), student_controlnets=[str(controlnet)],
+                      student_loras=[str(tiny_lora_file)], decoder_init=str(first))
+    latents, prompts = method.pairs["latents"], method.pairs["prompts"]
+    real = world.render_batch(method.config.seed, 6)
+    assert latents.shape[0] == 12 and prompts == list(real["captions"]) * 2
+    engine = load_engine(tiny_dir, device="cpu", graphs=False)
+    text = engine.generate(prompts[3], seed=3, output_type="latent").images
+    engine.set_controlnet(load_engine(tiny_dir, controlnet=controlnet, device="cpu").controlnet)
+    canny = engine.generate(prompts[4], seed=4, control_image=extract("canny", real["images"][4]).image,
+                            output_type="latent").images
+    engine.set_controlnet(None)
+    engine.load_lora(str(tiny_lora_file))
+    styled = engine.generate(prompts[5], seed=5, output_type="latent").images
+    for i, want in ((9, text), (10, canny), (11, styled)):
+        torch.testing.assert_close(latents[i:i + 1], want.float(), atol=1e-4, rtol=1e-4)  # batched vs alone
+    assert not torch.allclose(latents[10], engine.generate(prompts[4], seed=4, output_type="latent").images[0])
+    assert (out / "vae" / "config.json").is_file()
+
+    class Accel:
+        device, process_index, is_main_process = torch.device("cpu"), 0, True
+
+    cfg = load_config(DecoderDistill.config_cls, None, {**SMALL, "teacher": str(mid_teacher_dir), "run_dir": str(tmp_path / "d3"),
+                                                        "latent_source": "world", "num_images": 2, "decoder_init": str(first)})
+    continued = DecoderDistill(cfg.validate())
+    continued.setup(Accel())
+    init = AutoencoderTiny.from_pretrained(first / "vae").state_dict()
+    assert all(torch.equal(v, init[k]) for k, v in continued.nets["decoder"].ae.state_dict().items())
+
+
+def test_decoder_student_options_are_checked_up_front(tmp_path, mid_teacher_dir):
+    from trainers.core.config import load_config
+    from trainers.methods.decoder import DecoderDistill
+
+    cfg = load_config(DecoderDistill.config_cls, None, {
+        **SMALL, "teacher": str(mid_teacher_dir), "run_dir": str(tmp_path), "latent_source": "pairs",
+        "student": str(tmp_path / "none"), "student_loras": [str(tmp_path / "x.safetensors")],
+        "decoder_init": str(tmp_path / "nope")})
+    errors = "\n".join(cfg.errors())
+    for bit in ("set latent_source: world", "no model_index.json", "x.safetensors' does not exist", "decoder_init="):
+        assert bit in errors
+
+
 def test_decoder_distillation_exports_autoencoder_tiny(tmp_path, mid_teacher_dir):
     from diffusers import AutoencoderTiny
 

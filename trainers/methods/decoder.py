@@ -12,12 +12,18 @@ Data:    the teacher's cached ODE latents, or for the miniature world its render
          latent (per-sample sigma drawn in [0, latent_noise]) and targets the VAE's decode of the
          perturbed latent: a one-step student's latents lie off the data the decoder saw, and a
          decoder fitted only on clean latents answers there with blotchy textures the VAE does not make.
+         ``student`` adds the latents the shipped decoder really gets: the one-step student's, on the
+         same scenes' captions, text-only and with each of ``student_controlnets`` (on the scene's
+         control map from the live loop's extractor) and ``student_loras``; the target is still the
+         VAE's decode, so the decoder learns the VAE's answer where the student's latents lie.
 
     python -m trainers.methods.decoder --config trainers/configs/decoder_miniature.yaml
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,6 +57,10 @@ class DecoderConfig(PairConfig):
     latent_source: str = "pairs"  # pairs (the teacher's ODE latents) | world (miniature renders, VAE-encoded)
     num_images: int = 16384  # world: rendered scenes
     latent_noise: float = 0.0  # max sigma of the Gaussian perturbation of each latent (0 = none)
+    student: str = ""  # world: a one-step pipeline folder whose latents join the data ("" = none)
+    student_controlnets: list = field(default_factory=list)  # ControlNet folders for the student (their type
+    student_loras: list = field(default_factory=list)  # from train_info.json / the name); LoRA files or folders
+    decoder_init: str = ""  # a tiny decoder to continue (pipeline or AutoencoderTiny folder); "" = a new one
     disc_channels: int = 32
     lr: float = 2e-4
 
@@ -64,7 +74,57 @@ class DecoderConfig(PairConfig):
             e.append(f"latent_source={self.latent_source!r} must be pairs or world")
         if self.num_images < 1 or self.latent_noise < 0:
             e.append("num_images must be >= 1 and latent_noise >= 0")
+        if (self.student_controlnets or self.student_loras) and not self.student:
+            e.append("student_controlnets / student_loras need a student pipeline folder")
+        if self.student and self.latent_source != "world":
+            e.append("student latents join the world renders: set latent_source: world")
+        if self.student and not (Path(self.student) / "model_index.json").is_file():
+            e.append(f"student={self.student!r} is not a pipeline folder (no model_index.json)")
+        for folder in self.student_controlnets:
+            if not (Path(folder) / "config.json").is_file():
+                e.append(f"student_controlnets: {folder!r} is not a ControlNetModel folder (no config.json)")
+        for lora in self.student_loras:
+            if not Path(lora).exists():
+                e.append(f"student_loras: {lora!r} does not exist")
+        if self.decoder_init and not ((Path(self.decoder_init) / "vae" / "config.json").is_file()
+                                      or (Path(self.decoder_init) / "config.json").is_file()):
+            e.append(f"decoder_init={self.decoder_init!r} is not an AutoencoderTiny or pipeline folder")
         return e
+
+
+@torch.no_grad()
+def student_latents(student: str, controlnets: list, loras: list, captions: list[str], images: np.ndarray,
+                    device, batch: int = 256) -> torch.Tensor:
+    """The one-step student's latents for the scenes (``captions``, rendered ``images``; seed i for scene
+    i): scene i goes to variant i mod V of text-only, each ControlNet (on the scene's control map, as the
+    live loop extracts it) and each LoRA, so every variant covers an equal share of the scenes."""
+    from sdxs_core.control import extract
+    from sdxs_core.loading import load_controlnet, load_engine
+    from sdxs_core.studio import control_type_of
+
+    engine = load_engine(student, device=device, dtype=torch.float32, graphs=False)
+    variants = [("text", None), *(("controlnet", c) for c in controlnets), *(("lora", lo) for lo in loras)]
+    out = torch.zeros(len(captions), *engine.make_noise([0], engine.default_size, engine.default_size).shape[1:])
+    for k, (kind, source) in enumerate(variants):
+        which = list(range(k, len(captions), len(variants)))
+        extra, control_type = {}, None
+        if kind == "controlnet":
+            control_type = control_type_of(Path(source))
+            if not control_type:
+                raise ValueError(f"{source}: no control type in train_info.json or the folder name")
+            engine.set_controlnet(load_controlnet(source, engine.device, engine.dtype))
+        elif kind == "lora":
+            name = engine.load_lora(source)
+        for s in range(0, len(which), batch):
+            idx = which[s:s + batch]
+            if control_type:
+                extra = {"control_image": [extract(control_type, images[i]).image for i in idx]}
+            out[idx] = engine.generate([captions[i] for i in idx], seed=idx, output_type="latent", **extra).images.float().cpu()
+        if kind == "controlnet":
+            engine.set_controlnet(None)
+        elif kind == "lora":
+            engine.unload_lora(name)
+    return out
 
 
 class DecoderDistill(Method):
@@ -76,7 +136,16 @@ class DecoderDistill(Method):
         if self.config.latent_source == "world":
             from trainers.methods.controlnet_ssd import world_data
 
-            self.pairs = world_data(teacher["vae"], self.config.num_images, self.config.seed, None)
+            c = self.config
+            self.pairs = world_data(teacher["vae"], c.num_images, c.seed, None)
+            if c.student:
+                from trainers.miniature import world
+
+                real = world.render_batch(c.seed, c.num_images)  # the scenes world_data encoded
+                z = student_latents(c.student, c.student_controlnets, c.student_loras, list(real["captions"]),
+                                    real["images"], self.device)
+                self.pairs = {"latents": torch.cat([self.pairs["latents"], z]), "noise": torch.zeros(2 * len(z), *z.shape[1:]),
+                              "prompts": self.pairs["prompts"] * 2}
         else:
             self.load_pairs(accelerator)
         # the frozen VAE decodes each clean latent the same way every epoch: decode them once when
@@ -88,7 +157,12 @@ class DecoderDistill(Method):
                                       for i in range(0, len(latents), 64)])
         torch.manual_seed(self.config.seed)
         factor = 2 ** (len(teacher["vae"].config.block_out_channels) - 1)
-        tiny_ae = build_taesd(teacher["vae"].config.latent_channels, self.config.decoder_size, factor=factor)
+        if self.config.decoder_init:
+            from trainers.core.diffusion import load_tiny_decoder
+
+            tiny_ae = load_tiny_decoder(self.config.decoder_init).float()
+        else:
+            tiny_ae = build_taesd(teacher["vae"].config.latent_channels, self.config.decoder_size, factor=factor)
         self.nets = {"decoder": Codec(tiny_ae).to(self.device),
                      "discriminator": Discriminator(self.config.disc_channels).to(self.device)}
         # no checkpointing: diffusers' EncoderTiny skips its input scaling when checkpointing

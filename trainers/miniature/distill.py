@@ -23,6 +23,8 @@ ControlNet and style-LoRA stages (paper section 3.2; run after the chain, when n
   controlnet_kd_{edges,depth}       student ControlNet, feature KD from the teacher's
   controlnet_ssd_{edges,depth}      student ControlNet, SSD with the teacher's ControlNet in both DMs
   lora_teacher, lora_ssd            pastel-style LoRA of the teacher, then distilled into the student
+  decoder_student                   the tiny decoder continued on the student's own latents (text, the
+                                    ControlNets, the LoRA); ``export`` then ships it with the student
   export_controls                   fp16 ControlNets + the LoRA -> assets/miniature/{controlnet-*,lora-pastel}
   benchmark_controls                python -m benchmarks.miniature_lora_controlnet
 """
@@ -39,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "trainers" / "configs"
 CHAIN = ("decoder", "block_kd", "mse_baseline", "fm_warmup", "ssd")
 CONTROL = ("controlnet_teacher_edges", "controlnet_kd_edges", "controlnet_ssd_edges",
-           "controlnet_teacher_depth", "controlnet_kd_depth", "controlnet_ssd_depth", "lora_teacher", "lora_ssd")
+           "controlnet_teacher_depth", "controlnet_kd_depth", "controlnet_ssd_depth", "lora_teacher", "lora_ssd",
+           "decoder_student")
 TRAIN_STAGES = CHAIN + CONTROL
 STAGES = (*CHAIN, "export", "benchmark", *CONTROL, "export_controls", "benchmark_controls")
 DEFAULT_STAGES = (*CHAIN, "export", "benchmark")
@@ -53,7 +56,7 @@ def method_class(stage: str):
         return controlnet_teacher.ControlNetTeacher
     if stage.startswith("controlnet_"):
         return controlnet_ssd.ControlNetSSD
-    return {"decoder": decoder.DecoderDistill, "block_kd": block_kd.BlockKD, "mse_baseline": mse_baseline.MSEBaseline,
+    return {"decoder": decoder.DecoderDistill, "decoder_student": decoder.DecoderDistill, "block_kd": block_kd.BlockKD, "mse_baseline": mse_baseline.MSEBaseline,
             "fm_warmup": fm_warmup.FMWarmup, "ssd": ssd.SSD, "lora_teacher": lora_teacher.LoRATeacher,
             "lora_ssd": lora_ssd.LoRASSD}[stage]
 
@@ -74,6 +77,11 @@ def _stage_sets(stage: str, runs: Path) -> tuple[str, dict]:
         if step == "ssd":
             sets["controlnet"] = runs / f"controlnet_kd_{kind}" / "final"
         return f"controlnet_{step}", sets  # controlnet_kd_miniature.yaml | controlnet_ssd_miniature.yaml
+    if stage == "decoder_student":  # the ControlNets and LoRA this chain has made so far
+        controlnets = [runs / f"controlnet_ssd_{kind}" / "final" for kind in ("edges", "depth")]
+        return stage, {"student": student, "decoder_init": runs / "decoder" / "final",
+                       "student_controlnets": [str(p) for p in controlnets if p.is_dir()],
+                       "student_loras": [str(p) for p in [runs / "lora_ssd" / "final"] if p.is_dir()]}
     if stage == "lora_ssd":
         return stage, {"student": student, "style_lora": runs / "lora_teacher" / "final" / "pytorch_lora_weights.safetensors",
                        "pair_cache": runs / "pairs-pastel.safetensors"}
@@ -155,9 +163,8 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
                 continue
             method_main(method_class(stage), stage_args(stage, teacher, runs, extra))
         elif stage == "export":
-            decoder = runs / "decoder" / "final"
-            print(f"[export] {export_fp16(runs / 'ssd' / 'final', assets / 'sdxs', decoder if decoder.is_dir() else None)}",
-                  flush=True)
+            decoder = next((d for d in (runs / "decoder_student" / "final", runs / "decoder" / "final") if d.is_dir()), None)
+            print(f"[export] {export_fp16(runs / 'ssd' / 'final', assets / 'sdxs', decoder)}", flush=True)
         elif stage == "export_controls":
             print(f"[export_controls] {export_controls(runs, assets)}", flush=True)
         elif stage == "benchmark":
