@@ -201,8 +201,16 @@ class OneStepEngine:
     # ---- steps ----------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """``[N, L, D]`` text embeddings; each distinct prompt is encoded once and cached."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        """``[N, L, D]`` text embeddings; each distinct prompt is encoded once and cached. The batch is
+        assembled from what this call found or encoded, so a batch with more distinct prompts than the
+        cache holds (or a concurrent call evicting entries) never needs the cache to keep them."""
+        found = {}
+        with self._lock:
+            for p in dict.fromkeys(prompts):
+                if p in self._prompt_cache:
+                    self._prompt_cache.move_to_end(p)
+                    found[p] = self._prompt_cache[p]
+        missing = [p for p in dict.fromkeys(prompts) if p not in found]
         if missing:
             limit = self.tokenizer.model_max_length
             ids = self.tokenizer(missing, padding="max_length", max_length=limit, truncation=True,
@@ -215,19 +223,13 @@ class OneStepEngine:
             use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
             mask = (ids != self.tokenizer.pad_token_id).long().to(self.device) if use_mask else None
             embeds = self.text_encoder(ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
+            found.update(zip(missing, embeds))
             with self._lock:
                 for p, e in zip(missing, embeds):
                     self._prompt_cache[p] = e
                 while len(self._prompt_cache) > self._prompt_cache_size:
                     self._prompt_cache.popitem(last=False)
-        with self._lock:
-            for p in prompts:
-                if p in self._prompt_cache:
-                    self._prompt_cache.move_to_end(p)
-            cached = [self._prompt_cache.get(p) for p in prompts]
-        if any(c is None for c in cached):  # evicted by a concurrent call: encode again
-            return self.encode_prompt(prompts)
-        return torch.stack(cached)
+        return torch.stack([found[p] for p in prompts])
 
     def make_noise(self, seeds: list[int], height: int, width: int,
                    generators: list[torch.Generator] | None = None) -> torch.Tensor:

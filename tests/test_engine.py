@@ -212,3 +212,16 @@ def test_attached_controlnet_is_skipped_without_control_image(tiny_dir, tiny_con
     out = with_cn.generate("a", seed=3, output_type="np", **SIZE)
     np.testing.assert_allclose(out.images, plain, atol=1e-6)
     assert out.timings.control_ms == 0.0
+
+
+def test_a_batch_with_more_prompts_than_the_cache_holds(tiny_dir):
+    """Every prompt of a batch larger than the prompt cache gets its own embedding (no endless re-encoding)."""
+    from sdxs_core import load_engine
+
+    engine = load_engine(tiny_dir, device="cpu", graphs=False)
+    engine._prompt_cache_size = 2
+    prompts = [f"prompt number {i}" for i in range(5)] + ["prompt number 1"]
+    batch = engine.encode_prompt(prompts)
+    alone = torch.cat([engine.encode_prompt([p]) for p in prompts])
+    torch.testing.assert_close(batch, alone)
+    assert not torch.allclose(batch[0], batch[2]) and len(engine._prompt_cache) == 2
