@@ -24,14 +24,16 @@ ASSETS = ROOT / "assets" / "miniature"
 
 
 def controlnet_rows(teacher: Path, student: Path, runs: Path, assets: Path, steps: int, cfg: float):
-    """(name, pipeline, controlnet, control_type, steps, cfg): teacher ControlNets from their runs,
-    student ControlNets from assets (what ships) or else their SSD runs."""
+    """(name, pipeline, controlnet, control_type, steps, cfg, decoder): teacher ControlNets from their
+    runs, student ControlNets from assets (what ships) or else their SSD runs; the student once with
+    its own tiny decoder (as shipped) and once decoded by the teacher's VAE (the decoder's share)."""
     rows = []
     for kind in ("edges", "depth"):
         shipped = assets / f"controlnet-{kind}"
-        rows.append((f"teacher + ControlNet ({kind})", teacher, runs / f"controlnet_teacher_{kind}" / "final", kind, steps, cfg))
-        rows.append((f"one-step student + ControlNet ({kind})", student,
-                     shipped if shipped.is_dir() else runs / f"controlnet_ssd_{kind}" / "final", kind, 1, 0.0))
+        controlnet = shipped if shipped.is_dir() else runs / f"controlnet_ssd_{kind}" / "final"
+        rows.append((f"teacher + ControlNet ({kind})", teacher, runs / f"controlnet_teacher_{kind}" / "final", kind, steps, cfg, teacher))
+        rows.append((f"one-step student + ControlNet ({kind})", student, controlnet, kind, 1, 0.0, student))
+        rows.append((f"one-step student + ControlNet ({kind}), VAE decoder", student, controlnet, kind, 1, 0.0, teacher))
     return rows
 
 
@@ -130,6 +132,7 @@ def main(argv=None):
     import cv2
     import torch
 
+    from benchmarks.miniature_sdxs import row_engine
     from sdxs_core.depth import MiniatureDepth
     from sdxs_core.loading import load_controlnet, load_engine
     from trainers.miniature.classifier import load_classifier
@@ -140,12 +143,12 @@ def main(argv=None):
     start = time.perf_counter()
     classifier, depth = load_classifier(), MiniatureDepth.load().estimate_batch
     cn_rows, skipped = [], []
-    for name, pipeline, controlnet, kind, steps, cfg in controlnet_rows(args.teacher, args.student, args.runs,
-                                                                         args.assets, args.steps, args.cfg):
-        if not (pipeline / "model_index.json").is_file() or not (controlnet / "config.json").is_file():
-            skipped.append(f"{name}: no model at {pipeline} or {controlnet}")
+    for name, pipeline, controlnet, kind, steps, cfg, decoder in controlnet_rows(args.teacher, args.student, args.runs,
+                                                                                  args.assets, args.steps, args.cfg):
+        if not all((f / "model_index.json").is_file() for f in (pipeline, decoder)) or not (controlnet / "config.json").is_file():
+            skipped.append(f"{name}: no model at {pipeline}, {decoder} or {controlnet}")
             continue
-        engine = load_engine(pipeline, device="cpu")
+        engine = load_engine(pipeline, device="cpu") if decoder == pipeline else row_engine(pipeline, decoder)
         engine.set_controlnet(load_controlnet(controlnet, engine.device, engine.dtype))
         result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, control_type=kind, depth_estimator=depth,
                                 classifier=classifier, name=name)
@@ -168,6 +171,9 @@ def main(argv=None):
         else:
             skipped.append(f"teacher style LoRA rows: no LoRA at {teacher_lora} or no teacher")
         lora_result += lora_rows(load_engine(args.student, device="cpu"), lora, classifier, args.n, batch=args.batch)
+        if (args.teacher / "model_index.json").is_file():
+            lora_result += lora_rows(row_engine(args.student, args.teacher), lora, classifier, args.n, batch=args.batch,
+                                     label="one-step student, VAE decoder")
     report = {"n_images": args.n, "controlnet_rows": cn_rows, "lora_rows": lora_result, "skipped": skipped,
               "threads": args.threads, "wall_seconds": round(time.perf_counter() - start, 1)}
     print()

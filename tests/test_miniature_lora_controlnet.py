@@ -27,8 +27,10 @@ def test_controlnet_rows_prefer_the_shipped_student_controlnet(tmp_path):
     rows = {(r[0], r[3]): r for r in controlnet_rows(tmp_path / "t", tmp_path / "s", tmp_path / "runs", tmp_path / "assets", 25, 5.0)}
     assert rows[("one-step student + ControlNet (depth)", "depth")][2] == tmp_path / "assets" / "controlnet-depth"
     assert rows[("one-step student + ControlNet (edges)", "edges")][2] == tmp_path / "runs" / "controlnet_ssd_edges" / "final"
-    assert rows[("teacher + ControlNet (edges)", "edges")][4:] == (25, 5.0)
-    assert rows[("one-step student + ControlNet (depth)", "depth")][4:] == (1, 0.0)
+    assert rows[("teacher + ControlNet (edges)", "edges")][4:] == (25, 5.0, tmp_path / "t")
+    assert rows[("one-step student + ControlNet (depth)", "depth")][4:] == (1, 0.0, tmp_path / "s")  # its tiny decoder
+    vae = rows[("one-step student + ControlNet (depth), VAE decoder", "depth")]
+    assert vae[1:] == (tmp_path / "s", tmp_path / "assets" / "controlnet-depth", "depth", 1, 0.0, tmp_path / "t")
 
 
 class RenderingEngine:
