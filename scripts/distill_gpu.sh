@@ -104,4 +104,8 @@ stage controlnet_ssd_depth 0.6 --set controlnet_ssd_depth.batch_size=32 --set co
 wait
 python -m trainers.miniature.distill --stages export_controls --runs "$RUNS" --assets "$RUNS/assets" \
   --teacher "$TEACHER" >"$RUNS/logs/export_controls.log" 2>&1
+# the tiny decoder continued on the student's own latents (text, both ControlNets, the LoRA), then shipped again
+stage decoder_student 0.75 --set decoder_student.batch_size=64
+python -m trainers.miniature.distill --stages export --runs "$RUNS" --assets "$RUNS/assets" --teacher "$TEACHER" \
+  >"$RUNS/logs/export_decoder_student.log" 2>&1
 echo "[$(( $(date +%s) - START )) s] all done"
