@@ -204,13 +204,13 @@ class OneStepEngine:
         """``[N, L, D]`` text embeddings; each distinct prompt is encoded once and cached. The batch is
         assembled from what this call found or encoded, so a batch with more distinct prompts than the
         cache holds (or a concurrent call evicting entries) never needs the cache to keep them."""
-        found = {}
+        unique, found = list(dict.fromkeys(prompts)), {}
         with self._lock:
-            for p in dict.fromkeys(prompts):
+            for p in unique:
                 if p in self._prompt_cache:
                     self._prompt_cache.move_to_end(p)
                     found[p] = self._prompt_cache[p]
-        missing = [p for p in dict.fromkeys(prompts) if p not in found]
+        missing = [p for p in unique if p not in found]
         if missing:
             limit = self.tokenizer.model_max_length
             ids = self.tokenizer(missing, padding="max_length", max_length=limit, truncation=True,

@@ -136,14 +136,16 @@ def to_pil(images: torch.Tensor) -> list:
     return OneStepEngine._postprocess(images.float().cpu(), "pil")
 
 
-def world_data(vae, n: int, seed: int, control_type: str | None, style: str = "plain", chunk: int = 256) -> dict:
+def world_data(vae, n: int, seed: int, control_type: str | None, style: str = "plain", chunk: int = 256,
+               real: dict | None = None) -> dict:
     """World renders as training pairs: the teacher VAE's latents (encoded ``chunk`` at a time), their
     captions, zero ``noise`` (these methods draw their own), and the ground-truth control maps
-    ``[N, H, W, 3] uint8`` (none when ``control_type`` is None)."""
+    ``[N, H, W, 3] uint8`` (none when ``control_type`` is None). ``real``: the renders of
+    ``world.render_batch(seed, n, style)`` when the caller already has them."""
     from trainers.miniature import world
     from trainers.miniature.evaluate import control_maps
 
-    real = world.render_batch(seed, n, style=style)
+    real = real or world.render_batch(seed, n, style=style)
     device = next(vae.parameters()).device
     latents = []
     for s in range(0, n, chunk):

@@ -58,8 +58,8 @@ class DecoderConfig(PairConfig):
     num_images: int = 16384  # world: rendered scenes
     latent_noise: float = 0.0  # max sigma of the Gaussian perturbation of each latent (0 = none)
     student: str = ""  # world: a one-step pipeline folder whose latents join the data ("" = none)
-    student_controlnets: list = field(default_factory=list)  # ControlNet folders for the student (their type
-    student_loras: list = field(default_factory=list)  # from train_info.json / the name); LoRA files or folders
+    student_controlnets: list = field(default_factory=list)  # ControlNet folders (type: train_info.json / name)
+    student_loras: list = field(default_factory=list)  # LoRA files or folders for the student
     decoder_init: str = ""  # a tiny decoder to continue (pipeline or AutoencoderTiny folder); "" = a new one
     disc_channels: int = 32
     lr: float = 2e-4
@@ -104,7 +104,7 @@ def student_latents(student: str, controlnets: list, loras: list, captions: list
 
     engine = load_engine(student, device=device, dtype=torch.float32, graphs=False)
     variants = [("text", None), *(("controlnet", c) for c in controlnets), *(("lora", lo) for lo in loras)]
-    out = torch.zeros(len(captions), *engine.make_noise([0], engine.default_size, engine.default_size).shape[1:])
+    out = [None] * len(captions)
     for k, (kind, source) in enumerate(variants):
         which = list(range(k, len(captions), len(variants)))
         extra, control_type = {}, None
@@ -119,12 +119,14 @@ def student_latents(student: str, controlnets: list, loras: list, captions: list
             idx = which[s:s + batch]
             if control_type:
                 extra = {"control_image": [extract(control_type, images[i]).image for i in idx]}
-            out[idx] = engine.generate([captions[i] for i in idx], seed=idx, output_type="latent", **extra).images.float().cpu()
+            latents = engine.generate([captions[i] for i in idx], seed=idx, output_type="latent", **extra).images
+            for i, z in zip(idx, latents.float().cpu()):
+                out[i] = z
         if kind == "controlnet":
             engine.set_controlnet(None)
         elif kind == "lora":
             engine.unload_lora(name)
-    return out
+    return torch.stack(out)
 
 
 class DecoderDistill(Method):
@@ -136,16 +138,16 @@ class DecoderDistill(Method):
         if self.config.latent_source == "world":
             from trainers.methods.controlnet_ssd import world_data
 
-            c = self.config
-            self.pairs = world_data(teacher["vae"], c.num_images, c.seed, None)
-            if c.student:
-                from trainers.miniature import world
+            from trainers.miniature import world
 
-                real = world.render_batch(c.seed, c.num_images)  # the scenes world_data encoded
+            c = self.config
+            real = world.render_batch(c.seed, c.num_images)
+            self.pairs = world_data(teacher["vae"], c.num_images, c.seed, None, real=real)
+            if c.student:  # the student's latents for the same scenes
                 z = student_latents(c.student, c.student_controlnets, c.student_loras, list(real["captions"]),
                                     real["images"], self.device)
-                self.pairs = {"latents": torch.cat([self.pairs["latents"], z]), "noise": torch.zeros(2 * len(z), *z.shape[1:]),
-                              "prompts": self.pairs["prompts"] * 2}
+                latents = torch.cat([self.pairs["latents"], z])
+                self.pairs = {"latents": latents, "noise": torch.zeros_like(latents), "prompts": self.pairs["prompts"] * 2}
         else:
             self.load_pairs(accelerator)
         # the frozen VAE decodes each clean latent the same way every epoch: decode them once when

@@ -56,8 +56,8 @@ def method_class(stage: str):
         return controlnet_teacher.ControlNetTeacher
     if stage.startswith("controlnet_"):
         return controlnet_ssd.ControlNetSSD
-    return {"decoder": decoder.DecoderDistill, "decoder_student": decoder.DecoderDistill, "block_kd": block_kd.BlockKD, "mse_baseline": mse_baseline.MSEBaseline,
-            "fm_warmup": fm_warmup.FMWarmup, "ssd": ssd.SSD, "lora_teacher": lora_teacher.LoRATeacher,
+    return {"decoder": decoder.DecoderDistill, "decoder_student": decoder.DecoderDistill, "block_kd": block_kd.BlockKD,
+            "mse_baseline": mse_baseline.MSEBaseline, "fm_warmup": fm_warmup.FMWarmup, "ssd": ssd.SSD, "lora_teacher": lora_teacher.LoRATeacher,
             "lora_ssd": lora_ssd.LoRASSD}[stage]
 
 
