@@ -44,7 +44,7 @@ timeout -k 5 "$DEADLINE" bash scripts/distill_gpu.sh "$RUNS" "${TEACHER:-assets/
 echo "distill_gpu.sh rc=$?" >>"$OUT/run.log"  # at the deadline, timeout ends the stages too (its process group)
 # everything but checkpoints, pair caches and components identical to the teacher's (put back by --unpack's user)
 tar czf /tmp/results.tgz -C "$RUNS" --exclude='checkpoint-*' --exclude='pairs*' --exclude='*/text_encoder' \
-  --exclude='*/tokenizer' --exclude=decoder/final/unet --exclude=block_kd/final/vae --exclude=mse_baseline/final/vae \
+  --exclude='*/tokenizer' --exclude=decoder/final/unet --exclude=decoder_student/final/unet --exclude=block_kd/final/vae --exclude=mse_baseline/final/vae \
   --exclude=fm_warmup/final/vae --exclude='ssd_*/final/vae' . && split -b 15M /tmp/results.tgz "$OUT/r.tgz.part-"
 ls -la "$OUT"
 tail -40 "$OUT/run.log"
