@@ -79,6 +79,34 @@ def test_lora_ssd_trains_only_the_student_lora_and_exports_an_engine_lora(tmp_pa
     torch.testing.assert_close(engine.generate("a b", noise=noise, output_type="latent").images, plain)
 
 
+def test_lora_ssd_continues_its_own_lora_and_refuses_another_rank(tmp_path, tiny_dir, style_lora):
+    from safetensors.torch import load_file
+
+    from sdxs_core.errors import IncompatibleWeightsError
+    from trainers.core.config import load_config
+    from trainers.core.losses import unwrap
+    from trainers.methods.lora_ssd import LoRASSD, student_lora_state
+
+    out, _ = run(LoRASSD, tiny_dir, tmp_path / "first", style_lora=str(style_lora), lora_rank=2, lora_alpha=4.0)
+    saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    base = {**SMALL, "teacher": str(tiny_dir), "run_dir": str(tmp_path / "second"), "style_lora": str(style_lora),
+            "pair_cache": str(tmp_path / "first" / "pairs-style.safetensors"), "lora_init": str(out)}
+    method = LoRASSD(load_config(LoRASSD.config_cls, None, {**base, "lora_rank": 2, "lora_alpha": 4.0}).validate())
+    method.setup(Accel())
+    # the continued adapter writes back exactly the file it started from (B unfolded, then folded again)
+    again = student_lora_state(unwrap(method.nets["student"]), 2, 4.0)
+    assert {f"unet.{k}" for k in again} == saved.keys()
+    for k, v in again.items():
+        torch.testing.assert_close(v, saved[f"unet.{k}"])
+    assert any(v.abs().sum() > 0 for k, v in again.items() if "lora.up" in k)  # B was trained: not a zero init
+    # a LoRA of another rank is refused with the reason, not half-loaded
+    other = LoRASSD(load_config(LoRASSD.config_cls, None, {**base, "lora_rank": 4, "lora_alpha": 4.0}).validate())
+    with pytest.raises(IncompatibleWeightsError, match="rank 4"):
+        other.setup(Accel())
+    with pytest.raises(ValueError, match="lora_init"):
+        load_config(LoRASSD.config_cls, None, {**base, "lora_init": str(tmp_path / "nope")}).validate()
+
+
 def test_lora_ssd_refuses_a_lora_for_another_base_before_training(tmp_path, tiny_dir, other_base_dir):
     from sdxs_core.errors import IncompatibleWeightsError
     from sdxs_core.testkit import write_tiny_lora

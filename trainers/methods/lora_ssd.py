@@ -6,7 +6,8 @@ Frozen:  the offline DM = the offline U-Net + the pretrained style LoRA (real sc
          ``teacher_takes_lora``, are the FM targets; its plain down stages are the FM encoder); the
          student's base weights; the text encoder.
 Trained: a new PEFT LoRA on the one-step student (rank / alpha / targets configurable; B starts at
-         zero, so training starts from the student itself: no FM warmup); the online DM, a full copy
+         zero, so training starts from the student itself: no FM warmup; ``lora_init`` continues one
+         this method wrote instead); the online DM, a full copy
          of the offline U-Net *without* the style LoRA (it models the student's own outputs).
 Loss:    as ``ssd``: online DM denoising loss every step; student: score difference on [0, alpha*T]
          + lambda_FM * SSIM feature matching. Without the style LoRA in the teacher the FM targets
@@ -50,6 +51,7 @@ class LoRASSDConfig(SSDConfig):
     lora_alpha: float = 8.0
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     lora_dropout: float = 0.0
+    lora_init: str = ""  # a student LoRA this method wrote, to continue (same rank); "" = a new one (B = 0)
 
     method = "lora_ssd"
 
@@ -63,6 +65,8 @@ class LoRASSDConfig(SSDConfig):
             e.append(f"lora_rank={self.lora_rank} must be >= 1, lora_alpha={self.lora_alpha} > 0, lora_targets non-empty")
         if not 0 < self.lambda_fm_scale_without_teacher_lora <= 1:
             e.append(f"lambda_fm_scale_without_teacher_lora={self.lambda_fm_scale_without_teacher_lora} must be in (0, 1]")
+        if self.lora_init and not Path(self.lora_init).exists():
+            e.append(f"lora_init={self.lora_init!r} does not exist")
         return e
 
 
@@ -74,6 +78,32 @@ def add_student_lora(unet, rank: int, alpha: float, targets: list[str], dropout:
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
                                 init_lora_weights=True))
+    return unet
+
+
+def load_student_lora(unet, source: str, rank: int, alpha: float):
+    """Continue a distilled LoRA: put ``source`` (a file ``student_lora_state`` wrote, alpha / rank
+    folded into B) into the student's trainable adapter, B unfolded again. Every adapter weight must
+    come from the file, at this run's rank: a partial or other-rank LoRA is refused, not half-loaded."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft import set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+
+    from sdxs_core.errors import IncompatibleWeightsError
+    from sdxs_core.lora import check_lora_fits, read_lora
+
+    state, network_alphas, _ = read_lora(source)
+    if network_alphas:
+        raise IncompatibleWeightsError(f"lora_init '{source}' carries network alphas: continue a LoRA written by lora_ssd")
+    check_lora_fits(unet, state)
+    state = convert_unet_state_dict_to_peft(dict(state))
+    want = get_peft_model_state_dict(unet)
+    if state.keys() != want.keys() or any(state[k].shape != want[k].shape for k in want):
+        ranks = sorted({v.shape[0] for k, v in state.items() if "lora_A" in k})
+        raise IncompatibleWeightsError(
+            f"lora_init '{source}' does not match the student LoRA of this run (rank {rank}, targets as configured): "
+            f"it has {len(state)} tensors of rank {ranks}, the run needs {len(want)}")
+    set_peft_model_state_dict(unet, {k: v / (alpha / rank) if "lora_B" in k else v for k, v in state.items()})
     return unet
 
 
@@ -133,6 +163,8 @@ class LoRASSD(SSD):
         # 2. networks: copies of the plain U-Nets before any LoRA goes anywhere
         student, self.student_info = build_student(c.student, teacher["unet"])
         student = add_student_lora(student.to(self.device), c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_dropout)
+        if c.lora_init:
+            load_student_lora(student, c.lora_init, c.lora_rank, c.lora_alpha)
         online = copy.deepcopy(base).requires_grad_(True)  # no style LoRA: it models the student's outputs
         offline = add_style_lora(copy.deepcopy(base), c.style_lora, c.style_lora_scale)  # teacher stays plain (FM encoder)
         self.nets, self.offline = {"student": student, "online_dm": online}, offline
