@@ -18,7 +18,7 @@ runs, teacher = Path(sys.argv[1]), Path(sys.argv[2])
 teacher_vae = json.loads((teacher / "model_index.json").read_text())["vae"][1]
 for index in runs.glob("**/model_index.json"):  # a VAE of another class than the teacher's: the tiny decoder
     folder, own_vae = index.parent, json.loads(index.read_text())["vae"][1] == teacher_vae
-    for part in ("text_encoder", "tokenizer", "vae"):
+    for part in ("text_encoder", "tokenizer", "vae", "unet"):  # a decoder run's unet is the teacher's
         source = runs / "decoder" / "final" / "vae" if part == "vae" and not own_vae else teacher / part
         if not (folder / part).exists():
             shutil.copytree(source, folder / part)
