@@ -7,8 +7,8 @@ Frozen:  the offline DM = the offline U-Net + the pretrained style LoRA (real sc
          student's base weights; the text encoder.
 Trained: a new PEFT LoRA on the one-step student (rank / alpha / targets configurable; B starts at
          zero, so training starts from the student itself: no FM warmup; ``lora_init`` continues one
-         this method wrote instead); the online DM, a full copy
-         of the offline U-Net *without* the style LoRA (it models the student's own outputs).
+         this method wrote instead); the online DM, a full copy of the offline U-Net *without* the
+         style LoRA (it models the student's own outputs).
 Loss:    as ``ssd``: online DM denoising loss every step; student: score difference on [0, alpha*T]
          + lambda_FM * SSIM feature matching. Without the style LoRA in the teacher the FM targets
          are unstyled, so lambda_FM is scaled by ``lambda_fm_scale_without_teacher_lora`` (< 1).
@@ -196,7 +196,8 @@ class LoRASSD(SSD):
         c = self.config
         state = student_lora_state(nets["student"], c.lora_rank, c.lora_alpha)
         info = {**info, "teacher": c.teacher, "student": c.student, "style_lora": c.style_lora,
-                "teacher_takes_lora": c.teacher_takes_lora, "rank": c.lora_rank, "alpha_baked_into_B": c.lora_alpha}
+                "teacher_takes_lora": c.teacher_takes_lora, "lora_init": c.lora_init, "rank": c.lora_rank,
+                "alpha_baked_into_B": c.lora_alpha}
         return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
 
 
