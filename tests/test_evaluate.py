@@ -151,3 +151,23 @@ def test_evaluate_model_with_control(tiny_dir, tiny_controlnet_dir, classifier):
 def test_cli_rejects_a_controlnet_without_a_type(tiny_dir, tiny_controlnet_dir):
     with pytest.raises(SystemExit):
         evaluate.main(["--model", str(tiny_dir), "--controlnet", str(tiny_controlnet_dir)])
+
+
+def test_cli_reads_depth_with_the_world_depth_estimator(tiny_dir, tiny_controlnet_dir, tmp_path, monkeypatch):
+    """--control-type depth used to report no depth correlation: the CLI passed no estimator."""
+    from sdxs_core.depth import MiniatureDepth
+
+    seen = []
+
+    class StandIn:
+        def estimate_batch(self, images):
+            seen.append(np.asarray(images).shape)
+            return np.asarray(images, dtype=np.float32)[..., 0] + np.arange(images.shape[2], dtype=np.float32)
+
+    monkeypatch.setattr(MiniatureDepth, "load", classmethod(lambda cls, *a, **k: StandIn()))
+    out = tmp_path / "depth.json"
+    evaluate.main(["--model", str(tiny_dir), "--controlnet", str(tiny_controlnet_dir), "--control-type", "depth",
+                   "--n", "2", "--seeds-per-prompt", "1", "--device", "cpu", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert seen and seen[0][0] == 2 and seen[0][-1] == 3  # the two generations, as HxWx3 images
+    assert result["depth_correlation"] is not None and -1 <= result["depth_correlation"] <= 1

@@ -387,9 +387,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     engine = load_engine(args.model, controlnet=args.controlnet, device=args.device)
+    depth = None
+    if args.control_type == "depth":  # the world's own depth estimator reads the generations' depth
+        from sdxs_core.depth import MiniatureDepth
+
+        depth = MiniatureDepth.load().estimate_batch
     result = evaluate_model(engine, args.n, args.steps, args.cfg, seeds_per_prompt=args.seeds_per_prompt,
                             batch=args.batch, control_type=args.control_type, classifier=args.classifier,
-                            edge_tolerance=args.edge_tolerance, seed=args.seed, name=args.name or args.model)
+                            depth_estimator=depth, edge_tolerance=args.edge_tolerance, seed=args.seed,
+                            name=args.name or args.model)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
