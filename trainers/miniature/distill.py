@@ -57,8 +57,8 @@ def method_class(stage: str):
     if stage.startswith("controlnet_"):
         return controlnet_ssd.ControlNetSSD
     return {"decoder": decoder.DecoderDistill, "decoder_student": decoder.DecoderDistill, "block_kd": block_kd.BlockKD,
-            "mse_baseline": mse_baseline.MSEBaseline, "fm_warmup": fm_warmup.FMWarmup, "ssd": ssd.SSD, "lora_teacher": lora_teacher.LoRATeacher,
-            "lora_ssd": lora_ssd.LoRASSD}[stage]
+            "mse_baseline": mse_baseline.MSEBaseline, "fm_warmup": fm_warmup.FMWarmup, "ssd": ssd.SSD,
+            "lora_teacher": lora_teacher.LoRATeacher, "lora_ssd": lora_ssd.LoRASSD}[stage]
 
 
 def _stage_sets(stage: str, runs: Path) -> tuple[str, dict]:
