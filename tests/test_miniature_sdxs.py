@@ -44,3 +44,24 @@ def test_row_engine_swaps_in_the_named_decoder(tiny_dir, tmp_path):
     images = [e.generate("a", seed=1, output_type="np").images for e in (own, swapped, theirs)]
     assert abs(images[0] - images[1]).max() > 1e-3
     assert abs(images[1] - images[2]).max() < 1e-6  # same U-Net weights, same decoder
+
+
+def test_kd_fidelity_is_zero_for_the_teacher_itself_and_grows_with_noise_in_x0(tiny_dir):
+    import copy
+
+    import torch
+
+    from benchmarks.kd_fidelity import fidelity
+    from trainers.core.diffusion import load_components
+
+    torch.set_num_threads(1)
+    teacher = load_components(tiny_dir, "cpu")
+    same = fidelity(teacher, teacher["unet"], n=8, timesteps=(50, 999), batch=4)
+    assert [r["t"] for r in same] == [50, 999]
+    assert all(r["eps_mse"] == 0 and r["x0_mse"] == 0 and r["teacher_x0_err"] == r["student_x0_err"] > 0 for r in same)
+    student = copy.deepcopy(teacher["unet"])
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    low, high = fidelity(teacher, student, n=8, timesteps=(50, 999), batch=4)
+    assert low["eps_mse"] > 0 and high["x0_mse"] > 10 * low["x0_mse"]  # an epsilon error weighs most at high noise

@@ -1,6 +1,7 @@
 """The shared training core at toy size: config, schedules, student derivation, losses, and the
 loop's checkpoint/resume exactness and NaN guard (on the SSD method, which has two trained networks)."""
 
+import copy
 import json
 import math
 import time
@@ -152,6 +153,46 @@ def test_score_distillation_gradient_only_when_alpha_positive(tiny_parts):
     loss, _ = loss_fn(x, tiny_parts["embeds"], alpha=0.0)
     loss.backward()
     assert loss.item() == 0 and x.grad.abs().sum() == 0
+
+
+def test_kd_weight_v_turns_an_epsilon_error_into_the_v_error(tiny_parts):
+    from trainers.core.losses import KDLoss
+
+    sched = tiny_parts["schedule"]
+    t = torch.tensor([0, 250, 500, 999])
+    assert torch.equal(sched.kd_weight(t, "eps"), torch.ones(4))
+    w = sched.kd_weight(t, "v")
+    assert torch.all(w[1:] > w[:-1]) and w[-1] > 20 * w[0]  # the high-noise steps weigh most
+    assert abs(sched.kd_weight(torch.arange(sched.num_timesteps), "v").mean().item() - 1) < 1e-5
+    with pytest.raises(ValueError, match="x0"):
+        sched.kd_weight(t, "x0")
+    # the weighted epsilon error is the v error (up to the normalisation), at the same x_t
+    g = torch.Generator().manual_seed(0)
+    xt, e_s, e_t = (torch.randn(4, 4, 8, 8, generator=g) for _ in range(3))
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+
+    def v(e):
+        return a.sqrt() * e - (1 - a).sqrt() * sched.pred_x0(e, xt, t)
+    v_err = ((v(e_s) - v(e_t)) ** 2).mean(dim=(1, 2, 3))
+    eps_err = ((e_s - e_t) ** 2).mean(dim=(1, 2, 3))
+    norm = (1 / sched.alphas_cumprod).mean()
+    assert torch.allclose(eps_err * w * norm, v_err, rtol=1e-4)
+    # KDLoss applies the weight to each sample's output term
+    kd = KDLoss(tiny_parts["unet"], tiny_parts["unet"], {})
+    embeds = tiny_parts["embeds"][:1].expand(4, -1, -1)
+    with torch.no_grad():
+        plain, _ = kd(xt, t, embeds)
+        only_first, _ = kd(xt, t, embeds, torch.tensor([4.0, 0, 0, 0]))
+    assert plain.item() == 0 and only_first.item() == 0  # a student equal to its teacher
+    student = copy.deepcopy(tiny_parts["unet"])
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+        kd = KDLoss(tiny_parts["unet"], student, {})
+        per_sample = ((student(xt, t, encoder_hidden_states=embeds).sample
+                       - tiny_parts["unet"](xt, t, encoder_hidden_states=embeds).sample) ** 2).mean(dim=(1, 2, 3))
+        weighted, logs = kd(xt, t, embeds, torch.tensor([4.0, 0, 0, 0]))
+    assert torch.allclose(weighted, per_sample[0], rtol=1e-4) and logs["okd"] == pytest.approx(per_sample[0].item(), rel=1e-4)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------

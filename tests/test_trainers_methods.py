@@ -121,6 +121,39 @@ def test_block_kd_on_world_renders_uses_train_split_captions(tmp_path, mid_teach
     assert (out / "unet" / "config.json").is_file()
 
 
+def test_block_kd_distils_the_unconditional_branch_and_weighs_by_timestep(tmp_path, mid_teacher_dir):
+    """uncond_prob of each batch sees the empty prompt (the branch CFG sampling of the student uses);
+    kd_weighting=v hands KDLoss the schedule's per-sample weights."""
+    from trainers.methods.block_kd import BlockKD
+
+    _, method = run(BlockKD, mid_teacher_dir, tmp_path / "kd", max_steps=1, uncond_prob=0.5, kd_weighting="v")
+    seen = {}
+
+    def spy(xt, t, embeds, weight):
+        seen.update(t=t, embeds=embeds, weight=weight)
+        return xt.sum(), {}
+    method.kd = spy
+    embeds = torch.randn(64, *method.uncond.shape[1:])
+    batch = {"latents": torch.randn(64, 4, 8, 8), "embeds": embeds, "generator": torch.Generator().manual_seed(0)}
+    method.loss(batch, 0)
+    dropped = (seen["embeds"] == method.uncond).flatten(1).all(1)
+    kept = (seen["embeds"] == embeds).flatten(1).all(1)
+    assert torch.all(dropped ^ kept) and 16 < dropped.sum() < 48
+    assert torch.equal(seen["weight"], method.schedule.kd_weight(seen["t"], "v")) and seen["weight"].std() > 0
+    method.config.uncond_prob, method.config.kd_weighting = 0.0, "eps"
+    method.loss(batch, 0)
+    assert torch.equal(seen["embeds"], embeds) and torch.all(seen["weight"] == 1)
+
+
+def test_block_kd_options_are_checked(tiny_dir):
+    from trainers.core.config import load_config
+    from trainers.methods.block_kd import KDConfig
+
+    cfg = load_config(KDConfig, None, {"teacher": str(tiny_dir), "kd_weighting": "snr", "uncond_prob": 1.5})
+    errors = " ".join(cfg.errors())
+    assert "kd_weighting='snr'" in errors and "uncond_prob=1.5" in errors
+
+
 def test_decoder_on_perturbed_world_latents_targets_the_vae_decode_of_what_it_sees(tmp_path, mid_teacher_dir):
     """latent_source=world + latent_noise: the decoder's input is a perturbed world latent and its
     target is the teacher VAE's decode of that same perturbed latent (not of the clean one)."""

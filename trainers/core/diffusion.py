@@ -44,6 +44,18 @@ class NoiseSchedule:
         a = self._a(t)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
+    def kd_weight(self, t: torch.Tensor, kind: str) -> torch.Tensor:
+        """Per-sample weights [N] for an epsilon-space output loss. ``eps``: all ones. ``v``: 1 / alpha_bar_t,
+        which turns an epsilon error into the v error (= eps error + x0 error, "SNR + 1" weighting),
+        normalised to mean 1 over t uniform in [0, T). Plain epsilon MSE nearly ignores the high-noise steps
+        where the sampler decides the layout: there a small epsilon error is a large x0 error."""
+        if kind == "eps":
+            return torch.ones(t.shape, device=t.device)
+        if kind != "v":
+            raise ValueError(f"kd weighting {kind!r} must be eps or v")
+        inv = 1.0 / self.alphas_cumprod
+        return inv[t] / inv.mean()
+
     def sample_t(self, n: int, lo: float, hi: float, generator=None, device="cpu") -> torch.Tensor:
         """Integer timesteps uniform in [lo*T, hi*T) (fractions of T)."""
         lo_i, hi_i = int(lo * self.num_timesteps), max(int(hi * self.num_timesteps), int(lo * self.num_timesteps) + 1)

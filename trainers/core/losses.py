@@ -186,7 +186,8 @@ class DenoisingLoss:
 # ---- Eqs. 6-8: block-removal knowledge distillation -------------------------------------------------------
 class KDLoss:
     """``L_OKD + lambda_F * L_FKD``: output MSE plus feature MSE through hooks on an explicit
-    ``teacher block -> student block`` map. No denoising loss (unlike BK-SDM)."""
+    ``teacher block -> student block`` map. No denoising loss (unlike BK-SDM). ``weight`` ([N], optional)
+    weighs each sample's output term, e.g. by timestep (see ``NoiseSchedule.kd_weight``)."""
 
     def __init__(self, teacher, student, block_map: dict[str, str], lambda_f: float = 1.0):
         self.teacher, self.student, self.lambda_f = teacher, student, lambda_f
@@ -194,7 +195,7 @@ class KDLoss:
         self.t_hooks = FeatureHooks(teacher, list(self.block_map))
         self.s_hooks = FeatureHooks(student, list(self.block_map.values()))
 
-    def __call__(self, xt, t, embeds):
+    def __call__(self, xt, t, embeds, weight=None):
         from .diffusion import unet_forward
 
         with torch.no_grad(), self.t_hooks.recording():
@@ -203,7 +204,10 @@ class KDLoss:
         with self.s_hooks.recording():
             s_out = unet_forward(self.student, xt, t, embeds)
         s_feats = self.s_hooks.collect()
-        okd = F.mse_loss(s_out, t_out)
+        if weight is None:
+            okd = F.mse_loss(s_out, t_out)
+        else:
+            okd = ((s_out - t_out) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
         fkd = xt.new_zeros(())
         for (tn, sn), f_t, f_s in zip(self.block_map.items(), t_feats, s_feats):
             if f_t.shape != f_s.shape:

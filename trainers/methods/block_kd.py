@@ -6,7 +6,10 @@ Frozen:  the teacher U-Net (with its mid stage), the text encoder. x0: the teach
 Trained: the block-removed student U-Net (mid stage, last down / first up stage and the
          highest-resolution transformers removed), initialised from the teacher by an explicit name map.
 Loss:    L_OKD + lambda_F * L_FKD: output MSE + feature MSE on an explicit teacher -> student block
-         map, at noisy x_t over t in [0, T). No denoising loss (unlike BK-SDM).
+         map, at noisy x_t over t in [0, T). No denoising loss (unlike BK-SDM). ``kd_weighting: v``
+         weighs the output term by 1 / alpha_bar_t so the high-noise steps (layout) count;
+         ``uncond_prob`` of the batch is distilled on the empty prompt, the teacher's unconditional
+         branch, which CFG sampling of the student needs and the captions alone never teach.
 The result is still a multi-step model (saved with the teacher's scheduler); ``fm_warmup`` and
 ``ssd`` then make it one-step.
 
@@ -30,6 +33,8 @@ class KDConfig(PairConfig):
     lambda_f: float = 1.0
     block_map: dict = None  # teacher block -> student block; None = every shape-compatible stage
     val_steps: int = 10
+    kd_weighting: str = "eps"  # eps | v (see NoiseSchedule.kd_weight)
+    uncond_prob: float = 0.1  # share of samples distilled with the empty prompt (the student's CFG branch)
     x0_source: str = "pairs"  # pairs (the teacher's ODE samples) | world (miniature renders, VAE-encoded)
     num_images: int = 16384  # world: rendered images
 
@@ -39,6 +44,10 @@ class KDConfig(PairConfig):
         e = super().errors()
         if self.x0_source not in ("pairs", "world"):
             e.append(f"x0_source={self.x0_source!r} must be pairs or world")
+        if self.kd_weighting not in ("eps", "v"):
+            e.append(f"kd_weighting={self.kd_weighting!r} must be eps or v")
+        if not 0.0 <= self.uncond_prob <= 1.0:
+            e.append(f"uncond_prob={self.uncond_prob} must be in [0, 1]")
         if self.num_images < 1:
             e.append(f"num_images={self.num_images} must be >= 1")
         return e
@@ -81,7 +90,10 @@ class BlockKD(Method):
         x0 = batch["latents"].float()
         t = self.schedule.sample_t(x0.shape[0], 0.0, 1.0, batch["generator"], x0.device)
         noise = torch.randn(x0.shape, generator=batch["generator"], device=x0.device)
-        return self.kd(self.schedule.add_noise(x0, noise, t), t, batch["embeds"])
+        drop = torch.rand(x0.shape[0], generator=batch["generator"], device=x0.device) < self.config.uncond_prob
+        embeds = torch.where(drop.view(-1, 1, 1), self.uncond.expand_as(batch["embeds"]), batch["embeds"])
+        weight = self.schedule.kd_weight(t, self.config.kd_weighting)
+        return self.kd(self.schedule.add_noise(x0, noise, t), t, embeds, weight)
 
     @torch.no_grad()
     def validation_images(self):
