@@ -6,6 +6,11 @@
 #   device run (carry: [".whl"], timeout_s: 600):  bash scripts/gpu_session.sh
 #   here, afterwards:                               bash scripts/gpu_session.sh --unpack /work/.device/N runs/gpu
 #
+# MODE=teacher instead trains a new miniature teacher in SD1.5's 4-stage layout (``--layout sd4`` of
+# trainers.miniature.teacher, on the shipped teacher's VAE and text encoder) for the whole deadline, into
+# runs/gpu-teacher/teacher; unpack it the same way (into runs/gpu-teacher), evaluate it, and a later call
+# runs the chain on it: TEACHER=runs/gpu-teacher/teacher with carry [".whl", "runs/gpu-teacher/teacher"].
+#
 # Learnt the hard way: python3 is a venv's interpreter there (a symlink named python loses the venv,
 # so a wrapper script is used), and a deadline that leaves no time to pack brings nothing back.
 set -uo pipefail
@@ -43,6 +48,17 @@ export PATH=/tmp/bin:$PATH
 python -c "import torch, diffusers; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', \
 'diffusers', diffusers.__version__)" || exit 4
 
+if [ "${MODE:-chain}" = teacher ]; then
+  RUNS=runs/gpu-teacher
+  timeout -k 5 "$DEADLINE" python -m trainers.miniature.teacher unet --vae assets/miniature/teacher/vae \
+    --text-from assets/miniature/teacher --layout sd4 --out "$RUNS/teacher" --n-data "${N_DATA:-60000}" --batch "${BATCH:-256}" --lr "${LR:-1e-3}" \
+    --minutes "$(awk "BEGIN { print ($DEADLINE - 30) / 60 }")" --save-every 1 >"$OUT/run.log" 2>&1
+  echo "teacher rc=$?" >>"$OUT/run.log"
+  tar czf /tmp/results.tgz -C "$RUNS" --exclude='*/text_encoder' --exclude='*/tokenizer' --exclude='*/vae' . \
+    && split -b 15M /tmp/results.tgz "$OUT/r.tgz.part-"
+  ls -la "$OUT"; tail -5 "$OUT/run.log"
+  exit
+fi
 timeout -k 5 "$DEADLINE" bash scripts/distill_gpu.sh "$RUNS" "${TEACHER:-assets/miniature/teacher}" >"$OUT/run.log" 2>&1
 echo "distill_gpu.sh rc=$?" >>"$OUT/run.log"  # at the deadline, timeout ends the stages too (its process group)
 # everything but checkpoints, pair caches and components identical to the teacher's (put back by --unpack's user)

@@ -4,6 +4,7 @@ produce folders the engine loads, and saves never leave a half-written model."""
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -66,3 +67,67 @@ def test_text_pretraining_teaches_the_encoder_to_read_held_out_captions():
     trained = text.pretrain_text_encoder(CLIPTextModel(config), tokenizer, steps=150, batch=64, lr=3e-3)
     assert untrained["heldout_caption_accuracy"] < 0.02  # every attribute right by chance: ~never
     assert trained["heldout_caption_accuracy"] > 0.3, trained
+
+
+def test_sd4_layout_block_removal_is_sdxs512s_own(tmp_path):
+    """The sd4 teacher's block-removed student keeps attention at two resolutions (8x8, 4x4) and one
+    layer per stage, with ~37 % of the parameters (as SDXS-512 of SD1.5) and >= 2x fewer FLOPs."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sdxs_core.architectures import count_params
+    from trainers.core.student import block_removed_config, init_from_teacher
+
+    def flops(unet):
+        x, context = torch.zeros(1, 4, 16, 16), torch.zeros(1, 77, 128)  # the miniature tokenizer pads to 77
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            unet(x, torch.tensor([999]), encoder_hidden_states=context)
+        return counter.get_total_flops()
+
+    torch.manual_seed(0)
+    big = UNet2DConditionModel(**teacher.teacher_unet_config(128, "sd4"))
+    student = UNet2DConditionModel.from_config(block_removed_config(big.config, 1))
+    assert student.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    assert student.mid_block is None and student.config.layers_per_block == 1
+    assert 0.3 < count_params(student) / count_params(big) < 0.45
+    assert flops(big) >= 2 * flops(student)
+    _, not_copied = init_from_teacher(student, big)
+    assert not_copied == []
+    shipped = UNet2DConditionModel(**teacher.teacher_unet_config(128))  # sd3: one attention resolution left
+    assert UNet2DConditionModel.from_config(block_removed_config(shipped.config, 1)).config.down_block_types == \
+        ("DownBlock2D", "CrossAttnDownBlock2D")
+    with pytest.raises(ValueError, match="layout"):
+        teacher.teacher_unet_config(128, "sd5")
+
+
+def test_new_teacher_on_another_teachers_text_encoder(tmp_path):
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    teacher.train_vae(tmp_path / "vae", steps=1, batch=4, device=cpu, n_data=8, eval_n=4)
+    small = teacher.teacher_unet_config(cross_attention_dim=128) | dict(block_out_channels=(32, 32, 32))
+    teacher.train_teacher(tmp_path / "vae", tmp_path / "a", steps=1, batch=4, device=cpu, n_data=8, unet_config=small,
+                          text_steps=1)
+    stats = teacher.train_teacher(tmp_path / "vae", tmp_path / "b", steps=1, batch=4, device=cpu, n_data=8,
+                                  text_from=tmp_path / "a", layout="sd4")
+    assert stats["text_encoder"] == {"from": str(tmp_path / "a")}
+    with pytest.raises(FileNotFoundError, match="text_encoder"):
+        teacher.train_teacher(tmp_path / "vae", tmp_path / "c", steps=1, batch=4, device=cpu, n_data=8, text_from=tmp_path)
+    a, b = (load_file(next((tmp_path / d / "text_encoder").glob("*.safetensors"))) for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((tmp_path / "b" / "unet" / "config.json").read_text())
+    assert config["block_out_channels"] == [48, 64, 128, 128] and config["layers_per_block"] == 2
+    # the chain's first student stage takes it as it is: block KD of the 4-stage teacher
+    from trainers.core.config import load_config
+    from trainers.core.loop import train
+    from trainers.methods.block_kd import BlockKD
+
+    cfg = load_config(BlockKD.config_cls, None, dict(teacher=str(tmp_path / "b"), run_dir=str(tmp_path / "kd"),
+                      x0_source="world", num_images=4, batch_size=2, max_steps=1, num_prompts=4, log_every=1,
+                      validate_every=0, kd_weighting="v"))
+    method = BlockKD(cfg.validate())
+    out = train(cfg, method)
+    assert method.not_copied == []
+    assert method.block_map == {"down_blocks.0": "down_blocks.0", "down_blocks.1": "down_blocks.1",
+                                "up_blocks.1": "up_blocks.0", "up_blocks.2": "up_blocks.1", "up_blocks.3": "up_blocks.2"}
+    kd_unet = json.loads((out / "unet" / "config.json").read_text())
+    assert kd_unet["block_out_channels"] == [48, 64, 128] and kd_unet["mid_block_type"] is None

@@ -34,11 +34,31 @@ def vae_config() -> dict:
                 down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
 
 
-def teacher_unet_config(cross_attention_dim: int) -> dict:
-    """SD's layout at miniature size: attention at the inner resolutions (8x8, 4x4) and in a mid block.
+LAYOUTS = ("sd3", "sd4")
 
-    Narrow (32 channels at 16x16) and one layer per block: on two CPU cores the number of optimizer
-    steps, not width, is what the first 10 M-parameter teacher lacked."""
+
+def teacher_unet_config(cross_attention_dim: int, layout: str = "sd3") -> dict:
+    """SD's layout at miniature size.
+
+    ``sd3`` (the shipped teacher): 3 stages, attention at the inner resolutions (8x8, 4x4) and in a mid
+    block; narrow (32 channels at 16x16) and one layer per block: on two CPU cores the number of optimizer
+    steps, not width, is what the first 10 M-parameter teacher lacked. Its block-removed student keeps
+    attention at one resolution and 18 % of the parameters, too little to follow the teacher
+    (``benchmarks/kd_fidelity.py``).
+
+    ``sd4``: SD1.5's own layout: 4 stages (48, 64, 128, 128), attention at 16x16, 8x8 and 4x4, an
+    attention-free lowest stage, 2 layers per block (9.3 M parameters, 0.63 GFLOPs). Block removal as
+    SD1.5 -> SDXS-512 then keeps attention at 8x8 and 4x4 with one layer per stage: 37 % of the
+    parameters (SDXS-512: 37 %), 2.08x fewer FLOPs. Sized for a GPU (a CPU gives it too few steps)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} must be one of {LAYOUTS}")
+    if layout == "sd4":
+        return dict(sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=2,
+                    block_out_channels=(48, 64, 128, 128), norm_num_groups=16,
+                    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                    mid_block_type="UNetMidBlock2DCrossAttn",
+                    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                    attention_head_dim=8, cross_attention_dim=cross_attention_dim)
     return dict(sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
                 block_out_channels=(32, 64, 128), norm_num_groups=16,
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -178,11 +198,12 @@ def min_snr_weight(alphas_cumprod: torch.Tensor, gamma: float = 5.0) -> torch.Te
 def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torch.device, n_data: int,
                   lr: float = 5e-4, p_uncond: float = 0.1, budget_s: float | None = None, seed: int = 0,
                   init: Path | None = None, save_every_s: float | None = None, unet_config: dict | None = None,
-                  text_steps: int = 600) -> dict:
+                  text_steps: int = 600, layout: str = "sd3", text_from: Path | None = None) -> dict:
     """Epsilon-prediction training of the U-Net on a frozen text encoder, with captions dropped with
     probability ``p_uncond`` so CFG works at sampling. Without ``init`` the text encoder is first
     pretrained to read captions (``text.pretrain_text_encoder``); ``init`` continues from a saved
-    teacher folder (its weights; the optimizer starts fresh)."""
+    teacher folder (its weights; the optimizer starts fresh). ``text_from``: a new U-Net of ``layout`` on
+    that teacher folder's frozen text encoder (no pretraining; prompts read exactly as that teacher's)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -196,12 +217,19 @@ def train_teacher(vae_dir: Path, out: Path, steps: int, batch: int, device: torc
         unet = UNet2DConditionModel.from_pretrained(init / "unet", dtype=torch.float32).to(device)
         prior = json.loads((init / "train_stats.json").read_text()) if (init / "train_stats.json").is_file() else {}
     else:
-        text_encoder = CLIPTextModel(text.build_text_encoder_config(tokenizer))
-        text_stats = text.pretrain_text_encoder(text_encoder, tokenizer, steps=text_steps, seed=seed)
-        text_stats["seconds"] = round(time.time() - start, 1)
-        print(f"text encoder: {json.dumps(text_stats)}", flush=True)
+        if text_from is not None:
+            if not (text_from / "text_encoder" / "config.json").is_file():
+                raise FileNotFoundError(f"text_from={text_from}: no text_encoder/ folder there (a teacher pipeline folder)")
+            text_encoder = CLIPTextModel.from_pretrained(text_from / "text_encoder", dtype=torch.float32)
+            text_stats = {"from": str(text_from)}
+        else:
+            text_encoder = CLIPTextModel(text.build_text_encoder_config(tokenizer))
+            text_stats = text.pretrain_text_encoder(text_encoder, tokenizer, steps=text_steps, seed=seed)
+            text_stats["seconds"] = round(time.time() - start, 1)
+            print(f"text encoder: {json.dumps(text_stats)}", flush=True)
         text_encoder = text_encoder.to(device)
-        unet = UNet2DConditionModel(**(unet_config or teacher_unet_config(text_encoder.config.hidden_size))).to(device)
+        unet_config = unet_config or teacher_unet_config(text_encoder.config.hidden_size, layout)
+        unet = UNet2DConditionModel(**unet_config).to(device)
         prior = {"text_encoder": text_stats}
     text_encoder.requires_grad_(False).eval()
     history = prior.get("history", [{k: prior[k] for k in ("steps", "batch", "seconds") if k in prior}] if "steps" in prior else [])
@@ -277,6 +305,8 @@ def main(argv=None):
     parser.add_argument("--minutes", type=float, default=None, help="stop early after this wall time")
     parser.add_argument("--init", type=Path, help="continue training from this teacher folder (unet stage)")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--layout", choices=LAYOUTS, default="sd3", help="U-Net layout of a new teacher (see teacher_unet_config)")
+    parser.add_argument("--text-from", type=Path, help="a new teacher on this teacher folder's text encoder (no pretraining)")
     parser.add_argument("--save-every", type=float, default=None, help="also save every this many minutes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -295,9 +325,12 @@ def main(argv=None):
     else:
         if args.vae is None:
             parser.error("--vae is required for the unet stage")
+        if args.init and (args.layout != "sd3" or args.text_from):
+            parser.error("--init continues a teacher as it is; --layout / --text-from make a new one")
         stats = train_teacher(args.vae, args.out, args.steps or 20_000, args.batch or 64, device,
                               n_data=args.n_data, budget_s=budget, init=args.init, lr=args.lr or 5e-4,
-                              save_every_s=args.save_every * 60 if args.save_every else None)
+                              save_every_s=args.save_every * 60 if args.save_every else None, layout=args.layout,
+                              text_from=args.text_from)
     print(json.dumps(stats))
 
 
