@@ -27,19 +27,15 @@ def fidelity(teacher: dict, student_unet, n: int = 256, timesteps=TIMESTEPS, see
     import torch
 
     from trainers.core.diffusion import NoiseSchedule, encode_prompts, unet_forward
+    from trainers.methods.controlnet_ssd import world_data
     from trainers.miniature import world
     from trainers.miniature.evaluate import reference_set
 
     schedule = NoiseSchedule(teacher["scheduler"].config)
     captions = world.eval_prompts(n, seed)
-    real = reference_set(captions, 3_000_000 + seed)
-    vae = teacher["vae"]
-    images = torch.from_numpy(real["images"]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    x0 = world_data(teacher["vae"], n, seed, None, chunk=batch, real=reference_set(captions, 3_000_000 + seed))["latents"]
     rows = []
     with torch.inference_mode():
-        encoded = [vae.encode(images[s:s + batch]) for s in range(0, n, batch)]
-        x0 = torch.cat([e.latent_dist.mean if hasattr(e, "latent_dist") else e.latents for e in encoded])  # KL | tiny
-        x0 = x0 * vae.config.scaling_factor
         embeds = encode_prompts(teacher["tokenizer"], teacher["text_encoder"], captions, "cpu")
         g = torch.Generator().manual_seed(seed)
         for tv in timesteps:
@@ -71,6 +67,7 @@ def main(argv=None) -> None:
     import torch
 
     from trainers.core.diffusion import load_components
+    from trainers.core.student import build_student
     from trainers.miniature.evaluate import write_json
 
     torch.set_num_threads(args.threads)
@@ -78,7 +75,7 @@ def main(argv=None) -> None:
     teacher = load_components(args.teacher, "cpu")
     report = {"teacher": args.teacher, "n_images": args.n, "students": {}}
     for folder in args.students:
-        unet = load_components(folder, "cpu")["unet"].eval()
+        unet = build_student(folder, teacher["unet"])[0].eval()
         rows = fidelity(teacher, unet, args.n)
         report["students"][os.path.relpath(Path(folder).resolve(), ROOT)] = rows
         print(f"\n{folder}\n{'t':>5} {'eps_mse':>9} {'x0_mse':>8} {'teacher_x0_err':>15} {'student_x0_err':>15}")
