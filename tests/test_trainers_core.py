@@ -122,6 +122,25 @@ def tiny_parts(tiny_dir):
     return c
 
 
+def test_gradient_l1_charges_a_blurred_thin_line_far_more_than_pixel_l1():
+    """A 1-px dark line blurred over three columns: the pixel L1 sees a few pixels change, the L1 on
+    pixel differences sees the line's contrast vanish; both are zero for identical images."""
+    import torch.nn.functional as F
+
+    from trainers.core.losses import downsampled_l1, gradient_l1
+
+    sharp = torch.ones(1, 3, 16, 16)
+    sharp[..., 8] = -1.0
+    blurred = F.avg_pool2d(F.pad(sharp, (1, 1, 0, 0), mode="replicate"), (1, 3), stride=1)
+    assert gradient_l1(sharp, sharp.clone()).item() == 0 and downsampled_l1(sharp, sharp, 1).item() == 0
+    assert gradient_l1(blurred, sharp).item() > 2 * downsampled_l1(blurred, sharp, 1).item()
+    flat_shift = sharp + 0.5  # a brightness offset has no edges to get wrong
+    assert gradient_l1(flat_shift, sharp).item() == 0 and downsampled_l1(flat_shift, sharp, 1).item() > 0
+    pred = blurred.clone().requires_grad_()
+    gradient_l1(pred, sharp).backward()
+    assert pred.grad[..., 7:10].abs().sum() > 0
+
+
 def test_fm_loss_zero_for_identical_and_positive_otherwise(tiny_parts):
     from trainers.core.losses import SSIMFeatureLoss, UNetEncoder
 

@@ -230,9 +230,10 @@ def test_decoder_student_options_are_checked_up_front(tmp_path, mid_teacher_dir)
     cfg = load_config(DecoderDistill.config_cls, None, {
         **SMALL, "teacher": str(mid_teacher_dir), "run_dir": str(tmp_path), "latent_source": "pairs",
         "student": str(tmp_path / "none"), "student_loras": [str(tmp_path / "x.safetensors")],
-        "decoder_init": str(tmp_path / "nope")})
+        "decoder_init": str(tmp_path / "nope"), "lambda_edge": -1})
     errors = "\n".join(cfg.errors())
-    for bit in ("set latent_source: world", "no model_index.json", "x.safetensors' does not exist", "decoder_init="):
+    for bit in ("set latent_source: world", "no model_index.json", "x.safetensors' does not exist", "decoder_init=",
+                "lambda_edge=-1"):
         assert bit in errors
 
 
@@ -241,9 +242,9 @@ def test_decoder_distillation_exports_autoencoder_tiny(tmp_path, mid_teacher_dir
 
     from trainers.methods.decoder import DecoderDistill
 
-    out, _ = run(DecoderDistill, mid_teacher_dir, tmp_path / "dec", decoder_size="tiny", ema_decay=0.9)
+    out, _ = run(DecoderDistill, mid_teacher_dir, tmp_path / "dec", decoder_size="tiny", ema_decay=0.9, lambda_edge=1.0)
     AutoencoderTiny.from_pretrained(out / "vae")
     engine = loads_and_generates(out, steps=2)
     assert type(engine.vae).__name__ == "AutoencoderTiny"
     log = (tmp_path / "dec" / "log.jsonl").read_text()
-    assert '"decoder/g_gan"' in log and '"discriminator/d_loss"' in log
+    assert '"decoder/g_gan"' in log and '"discriminator/d_loss"' in log and '"decoder/edge_l1"' in log

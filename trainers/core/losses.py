@@ -224,6 +224,13 @@ def downsampled_l1(pred, target, factor: int = 8):
     return F.l1_loss(F.avg_pool2d(pred.float(), factor), F.avg_pool2d(target.float(), factor))
 
 
+def gradient_l1(pred, target):
+    """L1 between the images' horizontal and vertical pixel differences: an L1 on pixels barely charges
+    for blurring a 1-px line (few pixels), this charges every pixel the line's contrast crosses."""
+    p, t = pred.float(), target.float()
+    return F.l1_loss(p.diff(dim=-1), t.diff(dim=-1)) + F.l1_loss(p.diff(dim=-2), t.diff(dim=-2))
+
+
 class Discriminator(nn.Module):
     """A small conv PatchGAN discriminator: strided convs with LeakyReLU, no norm."""
 

@@ -5,7 +5,8 @@ Frozen:  the teacher (its ODE sampler made the latents z, cached) and the teache
 Trained: a TAESD-family AutoencoderTiny (conv + ReLU residual blocks, no norm, no attention) and a
          small conv discriminator.
 Loss:    ||G(z)_down - x~_down||_1 (8x average-pooled; less on small images) + lambda_GAN * hinge GAN;
-         the discriminator gets the hinge loss. Beyond the paper: the tiny encoder is fitted too
+         the discriminator gets the hinge loss. Beyond the paper, optionally lambda_edge * the L1 on pixel
+         differences (``gradient_l1``): the miniature world's style is a 1-px outline. Beyond the paper: the tiny encoder is fitted too
          (L1 to z), so the folder also works for image-to-image.
 Data:    the teacher's cached ODE latents, or for the miniature world its renders through the VAE
          (``latent_source: world``: 16k scenes instead of 1k samples). ``latent_noise`` perturbs each
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from sdxs_core.architectures import TAESD_SIZES, build_taesd
 from trainers.core.diffusion import save_pipeline_folder
 from trainers.core.loop import Phase
-from trainers.core.losses import Discriminator, downsampled_l1, hinge_d_loss, hinge_g_loss, unwrap
+from trainers.core.losses import Discriminator, downsampled_l1, gradient_l1, hinge_d_loss, hinge_g_loss, unwrap
 from trainers.core.method import Method, PairConfig, borrowed, main
 
 
@@ -53,6 +54,7 @@ class DecoderConfig(PairConfig):
     lambda_gan: float = 0.1
     gan_start: int = 0  # steps of L1 only before the GAN term
     downsample: int = 8
+    lambda_edge: float = 0.0  # weight of the L1 on pixel differences (sharp edges, thin lines); 0 = off
     encoder_weight: float = 1.0  # 0 = leave the tiny encoder untrained
     latent_source: str = "pairs"  # pairs (the teacher's ODE latents) | world (miniature renders, VAE-encoded)
     num_images: int = 16384  # world: rendered scenes
@@ -72,6 +74,8 @@ class DecoderConfig(PairConfig):
             e.append(f"decoder_size={self.decoder_size!r} must be one of {', '.join(TAESD_SIZES)}")
         if self.latent_source not in ("pairs", "world"):
             e.append(f"latent_source={self.latent_source!r} must be pairs or world")
+        if self.lambda_edge < 0:
+            e.append(f"lambda_edge={self.lambda_edge} must be >= 0")
         if self.num_images < 1 or self.latent_noise < 0:
             e.append("num_images must be >= 1 and latent_noise >= 0")
         if (self.student_controlnets or self.student_loras) and not self.student:
@@ -194,6 +198,9 @@ class DecoderDistill(Method):
         batch["fake"] = x.detach()
         l1 = downsampled_l1(x, x_t, self.config.downsample)
         loss, logs = l1, {"l1": l1.item()}
+        if self.config.lambda_edge:
+            edge = gradient_l1(x, x_t)
+            loss, logs["edge_l1"] = loss + self.config.lambda_edge * edge, edge.item()
         if self.config.lambda_gan and step >= self.config.gan_start:
             disc = self.nets["discriminator"]
             disc.requires_grad_(False)  # the generator's loss must not leave gradients on D
