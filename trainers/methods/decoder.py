@@ -5,9 +5,9 @@ Frozen:  the teacher (its ODE sampler made the latents z, cached) and the teache
 Trained: a TAESD-family AutoencoderTiny (conv + ReLU residual blocks, no norm, no attention) and a
          small conv discriminator.
 Loss:    ||G(z)_down - x~_down||_1 (8x average-pooled; less on small images) + lambda_GAN * hinge GAN;
-         the discriminator gets the hinge loss. Beyond the paper, optionally lambda_edge * the L1 on pixel
-         differences (``gradient_l1``): the miniature world's style is a 1-px outline. Beyond the paper: the tiny encoder is fitted too
-         (L1 to z), so the folder also works for image-to-image.
+         the discriminator gets the hinge loss. Beyond the paper: optionally lambda_edge * the L1 on
+         pixel differences (``gradient_l1``; the miniature world's style is a 1-px outline), and the tiny
+         encoder is fitted too (L1 to z), so the folder also works for image-to-image.
 Data:    the teacher's cached ODE latents, or for the miniature world its renders through the VAE
          (``latent_source: world``: 16k scenes instead of 1k samples). ``latent_noise`` perturbs each
          latent (per-sample sigma drawn in [0, latent_noise]) and targets the VAE's decode of the
