@@ -6,7 +6,7 @@
 #   bash scripts/distill_gpu.sh [RUNS_DIR] [TEACHER]      # default runs/gpu, assets/miniature/teacher
 #
 # Order: [ControlNet teachers (edges, depth) + style-LoRA teacher] alongside
-#        [pairs -> tiny decoder + block KD -> MSE baseline + FM warmup -> SSD (3 settings)];
+#        [(pairs -> tiny decoder) + block KD -> MSE baseline + FM warmup -> SSD (3 settings)];
 #        the best SSD student (prompt accuracy, then mFID, by the evaluator) becomes RUNS/ssd; then the
 #        student ControlNets (KD, then SSD) and the LoRA-SSD; fp16 exports in RUNS/assets.
 # Per-stage logs: RUNS/logs/. Figures of the session that ran it: README "Results".
@@ -49,11 +49,11 @@ stage controlnet_teacher_edges 2.5 --set controlnet_teacher_edges.batch_size=64 
 stage controlnet_teacher_depth 2.5 --set controlnet_teacher_depth.batch_size=64 &
 stage lora_teacher 2.0 --set lora_teacher.batch_size=64 &
 
-# the chain: the decoder stage makes the 16k teacher pairs; block KD starts as soon as they exist
+# the chain: the decoder stage makes the 16k teacher pairs while block KD (on world renders) runs
 stage decoder 1.5 --set decoder.batch_size=64 --set decoder.latent_source=pairs &
 decoder=$!
-until [ -f "$RUNS/pairs.safetensors" ] || ! kill -0 $decoder 2>/dev/null; do sleep 2; done
 stage block_kd 2.25 --set block_kd.batch_size=256 --set block_kd.lr=5e-4
+until [ -f "$RUNS/pairs.safetensors" ] || ! kill -0 $decoder 2>/dev/null; do sleep 2; done
 stage mse_baseline 0.9 --set mse_baseline.batch_size=256 --set mse_baseline.lr=2e-4 &
 stage fm_warmup 0.9 --set fm_warmup.batch_size=256 --set fm_warmup.lr=2e-4
 wait  # mse_baseline, and the decoder and teacher-side runs (started earlier, done by now)

@@ -2,6 +2,7 @@
 produce folders the engine loads, and saves never leave a half-written model."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,23 @@ def test_new_teacher_on_another_teachers_text_encoder(tmp_path):
                                 "up_blocks.1": "up_blocks.0", "up_blocks.2": "up_blocks.1", "up_blocks.3": "up_blocks.2"}
     kd_unet = json.loads((out / "unet" / "config.json").read_text())
     assert kd_unet["block_out_channels"] == [48, 64, 128] and kd_unet["mid_block_type"] is None
+
+
+SD4 = Path(__file__).resolve().parents[1] / "assets" / "miniature" / "teacher-sd4"
+
+
+@pytest.mark.skipif(not (SD4 / "unet").is_dir(), reason="assets/miniature/teacher-sd4 missing")
+def test_bundled_sd4_teacher_is_the_sd4_layout_on_the_shipped_teachers_text_encoder_and_vae():
+    """The SD1.5-layout teacher ships only its U-Net: text encoder, tokenizer and VAE are links to the
+    shipped teacher's, which is what ``--text-from`` trained it on; it samples with CFG like any pipeline."""
+    sd4, shipped = SD4, SD4.parent / "teacher"
+    for part in ("text_encoder", "tokenizer", "vae"):
+        assert (sd4 / part).resolve() == (shipped / part).resolve()
+    engine = load_engine(sd4, device="cpu")
+    want = teacher.teacher_unet_config(engine.text_encoder.config.hidden_size, "sd4")
+    assert {k: engine.unet.config[k] for k in want} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in want.items()}
+    noise = engine.make_noise([0, 0], 64, 64, generators=[torch.Generator().manual_seed(1)] * 2)
+    images = engine.generate(["a red circle on the left on a gray background", "a white square on the right on a blue background"],
+                             noise=noise, num_inference_steps=4, guidance_scale=5.0, output_type="np").images
+    assert np.isfinite(images).all() and images.shape == (2, 64, 64, 3)
+    assert np.abs(images[0] - images[1]).mean() > 0.02  # same noise, other prompt: the text conditions it

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 
 class NoiseSchedule:
@@ -129,7 +130,7 @@ def pair_cache(path: str | os.PathLike, teacher_dir: str, prompts: list[str], n:
     chosen = [prompts[i % len(prompts)] for i in range(n)]
     g = torch.Generator("cpu").manual_seed(seed)
     noise_all, latents_all = [], []
-    for i in range(0, n, batch):
+    for i in tqdm(range(0, n, batch), desc=f"teacher pairs -> {path.name}", unit="batch", mininterval=10):
         p = chosen[i:i + batch]
         noise = engine.make_noise([0] * len(p), resolution, resolution,
                                   generators=[torch.Generator("cpu").manual_seed(int(torch.randint(2**62, (1,), generator=g)))
