@@ -31,6 +31,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "Anime style LoRA (PEFT format) for sdxs-512-dreamshaper."),
     Preset("miniature", str(ASSETS / "miniature" / "sdxs"), "pipeline", "miniature",
            "Bundled one-step model of the miniature world (64x64); runs offline."),
+    Preset("miniature-sd4", str(ASSETS / "miniature" / "sdxs-sd4"), "pipeline", "miniature-sd4",
+           "Bundled one-step model distilled from the SD1.5-layout miniature teacher: better text-to-image, "
+           "no ControlNet or LoRA yet."),
 ]}
 
 

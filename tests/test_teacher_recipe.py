@@ -152,3 +152,34 @@ def test_bundled_sd4_teacher_is_the_sd4_layout_on_the_shipped_teachers_text_enco
                              noise=noise, num_inference_steps=4, guidance_scale=5.0, output_type="np").images
     assert np.isfinite(images).all() and images.shape == (2, 64, 64, 3)
     assert np.abs(images[0] - images[1]).mean() > 0.02  # same noise, other prompt: the text conditions it
+
+
+STUDENT_SD4 = SD4.parent / "sdxs-sd4"
+
+
+@pytest.mark.skipif(not (STUDENT_SD4 / "unet").is_dir(), reason="assets/miniature/sdxs-sd4 missing")
+def test_bundled_sd4_student_is_the_block_removed_sd4_teacher_and_offers_no_foreign_controlnet():
+    """The ``miniature-sd4`` preset: one step, the sd4 teacher's block-removed U-Net on the shipped teacher's
+    text encoder and VAE (links); the bundled ControlNets were made for the other student, so the app must
+    not offer them for it."""
+    from diffusers import UNet2DConditionModel
+
+    from sdxs_core.studio import ModelHub
+    from trainers.core.student import block_removed_config
+
+    engine = load_engine("miniature-sd4", device="cpu")
+    want = block_removed_config(UNet2DConditionModel.load_config(SD4 / "unet"), 1)
+    for key in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block", "mid_block_type"):
+        assert list(np.atleast_1d(engine.unet.config[key])) == list(np.atleast_1d(want[key])), key
+    assert list(engine.unet.config.block_out_channels) == [48, 64, 128]
+    for part in ("text_encoder", "tokenizer", "vae"):
+        assert (STUDENT_SD4 / part).resolve() == (SD4.parent / "teacher" / part).resolve()
+    image = engine.generate(["a red circle on the left on a gray background"], seed=0, output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all() and image.std() > 0.02
+    hub = ModelHub(search_dirs=[SD4.parent.parent])
+    offered = {}
+    for model in ("miniature", "miniature-sd4"):
+        hub.load_model(model)
+        offered[model] = {key for _, key in hub.choices("controlnet") if "miniature/controlnet-" in key}
+    assert offered == {"miniature": {"assets/miniature/controlnet-edges", "assets/miniature/controlnet-depth"},
+                       "miniature-sd4": set()}
