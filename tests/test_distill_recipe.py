@@ -88,3 +88,15 @@ def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     shipped = load_file(next((assets / "sdxs" / "vae").glob("*.safetensors")))
     assert all(torch.allclose(shipped[k].float(), continued[k], atol=1e-2) for k in continued)
     assert any(not torch.allclose(continued[k], chain[k]) for k in chain)
+
+    # a second export under another name with the teacher's VAE (how assets/miniature/sdxs-sd4 is made): the text
+    # encoder, tokenizer and VAE, unchanged from the teacher's, become links to the shipped teacher's
+    distill.export_fp16(mid_teacher_dir, assets / "teacher")
+    distill.run(("export",), mid_teacher_dir, runs, assets, TOY, n_eval=4, export_name="sdxs-kl",
+                export_vae=mid_teacher_dir)
+    kl = assets / "sdxs-kl"
+    teacher_vae = json.loads((mid_teacher_dir / "model_index.json").read_text())["vae"]
+    assert json.loads((kl / "model_index.json").read_text())["vae"] == teacher_vae
+    assert {p.name for p in kl.iterdir() if p.is_symlink()} >= {"text_encoder", "tokenizer", "vae"}
+    assert (kl / "vae").readlink().as_posix() == "../teacher/vae" and not (kl / "unet").is_symlink()
+    assert load_engine(kl, device="cpu").generate("a b", seed=1, output_type="np").images.shape == (1, 64, 64, 3)

@@ -53,6 +53,12 @@ def test_vae_teacher_continue_and_export(tmp_path, monkeypatch):
     continued = json.loads((tmp_path / "teacher-continued" / "train_stats.json").read_text())
     shipped = json.loads((tmp_path / "assets" / "teacher" / "train_stats.json").read_text())
     assert [h["steps"] for h in continued["history"]] == [2, 1] and shipped["history"] == continued["history"]
+    # exported again under another name (as teacher-sd4 is), every part it shares with the shipped teacher is a link
+    recipe.run(["export"], cpu, tmp_path, tmp_path / "assets", None, None, export_name="teacher-b")
+    second = tmp_path / "assets" / "teacher-b"
+    assert {p.name for p in second.iterdir() if p.is_symlink()} == {"scheduler", "text_encoder", "tokenizer", "unet", "vae"}
+    assert (second / "unet").readlink().as_posix() == "../teacher/unet"
+    assert load_engine(second, device="cpu").generate("a b", seed=1, output_type="np").images.shape == (1, 64, 64, 3)
 
 
 def test_text_pretraining_teaches_the_encoder_to_read_held_out_captions():

@@ -14,13 +14,6 @@ SMALL = dict(batch_size=2, num_pairs=4, teacher_steps=2, num_prompts=8, log_ever
 
 
 @pytest.fixture(scope="session")
-def mid_teacher_dir(tmp_path_factory):
-    from trainers.core.testing import write_tiny_teacher
-
-    return write_tiny_teacher(tmp_path_factory.mktemp("models") / "tiny-mid")
-
-
-@pytest.fixture(scope="session")
 def pairs_file(tmp_path_factory):
     return tmp_path_factory.mktemp("pairs") / "pairs.safetensors"
 
@@ -299,3 +292,38 @@ def test_wall_time_budget_ends_the_run_and_drives_the_schedules(tmp_path, tiny_d
     cfg = ssd_config(tiny_dir, tmp_path / "run", pairs_file, max_steps=10_000, max_minutes=0.03, resume="latest")
     train(cfg, SSD(cfg), on_step=seen.append)
     assert seen == []
+
+
+def test_link_shared_parts_links_only_identical_components(tmp_path):
+    from trainers.core.diffusion import link_shared_parts
+
+    def part(root, name, files):
+        (root / name).mkdir(parents=True)
+        for file, text in files.items():
+            (root / name / file).write_text(text)
+
+    base, new = tmp_path / "teacher", tmp_path / "student"
+    part(base, "vae", {"config.json": '{"_name_or_path": "runs/a/vae", "c": 4}', "w.safetensors": "abc"})
+    part(base, "unet", {"config.json": '{"c": 1}', "w.safetensors": "abc"})
+    part(base, "tokenizer", {"vocab.json": "{}"})
+    (base / "scheduler").symlink_to(base / "vae")  # a peer's own link is never a target
+    part(new, "vae", {"config.json": '{"_name_or_path": "elsewhere/vae", "c": 4}', "w.safetensors": "abc"})
+    part(new, "unet", {"config.json": '{"c": 1}', "w.safetensors": "abd"})  # one byte differs
+    part(new, "tokenizer", {"vocab.json": "{}", "merges.txt": ""})  # one file more
+    part(new, "scheduler", {"config.json": '{"_name_or_path": "x", "c": 4}', "w.safetensors": "abc"})
+    assert link_shared_parts(new, [base]) == ["vae -> ../teacher/vae"]
+    assert (new / "vae").is_symlink() and (new / "vae" / "w.safetensors").read_text() == "abc"
+    assert not any((new / d).is_symlink() for d in ("unet", "tokenizer", "scheduler"))
+
+
+def test_load_vae_picks_the_class_its_config_names(tmp_path, mid_teacher_dir):
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    from trainers.core.diffusion import load_vae
+
+    assert type(load_vae(mid_teacher_dir)) is AutoencoderTiny  # a pipeline folder: its vae
+    AutoencoderKL(block_out_channels=(8,), norm_num_groups=8).save_pretrained(tmp_path / "kl")
+    assert type(load_vae(tmp_path / "kl")) is AutoencoderKL
+    (tmp_path / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    with pytest.raises(ValueError, match="UNet2DConditionModel"):
+        load_vae(tmp_path)

@@ -1,6 +1,7 @@
 """Diffusion pieces every method shares: the noise schedule, the one-step generator, prompts, the
 teacher's ODE pairs (cached to disk) and saving a student as a diffusers pipeline folder."""
 
+import filecmp
 import hashlib
 import json
 import os
@@ -155,13 +156,41 @@ def one_step_scheduler(scheduler):
 
 
 # ---- saving -------------------------------------------------------------------------------------------
-def load_tiny_decoder(folder: str | os.PathLike):
-    """An AutoencoderTiny from its own folder or from a pipeline folder's ``vae`` (what the decoder
-    method exports)."""
-    from diffusers import AutoencoderTiny
+def load_vae(folder: str | os.PathLike):
+    """The image codec of a pipeline folder (its ``vae``) or a codec's own folder, of the class its
+    config names: an AutoencoderTiny (what the decoder method exports) or an AutoencoderKL (a teacher's)."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
 
     folder = Path(folder)
-    return AutoencoderTiny.from_pretrained(folder / "vae" if (folder / "vae").is_dir() else folder)
+    folder = folder / "vae" if (folder / "vae").is_dir() else folder
+    classes = {"AutoencoderTiny": AutoencoderTiny, "AutoencoderKL": AutoencoderKL}
+    name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    if name not in classes:
+        raise ValueError(f"{folder} holds a {name}, not one of {sorted(classes)}")
+    return classes[name].from_pretrained(folder)
+
+
+def link_shared_parts(folder: Path, peers: list[Path]) -> list[str]:
+    """Replace each component folder of ``folder`` whose files are byte-identical to the same-named
+    component of one of the ``peers`` pipeline folders (a real folder, not a link) by a relative link
+    to it: shipped models that share a text encoder or VAE store it once."""
+    def files(d: Path) -> dict:
+        return {p.relative_to(d): p for p in d.rglob("*") if p.is_file()}
+
+    linked = []
+    for part in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
+        mine = files(part)
+        for other in (Path(peer) / part.name for peer in peers):
+            if other.is_symlink() or not other.is_dir():
+                continue
+            theirs = files(other)
+            if mine.keys() == theirs.keys() and all(_same_file(mine[k], theirs[k]) for k in mine):
+                shutil.rmtree(part)
+                target = os.path.relpath(other.resolve(), folder.resolve())
+                part.symlink_to(target, target_is_directory=True)
+                linked.append(f"{part.name} -> {target}")
+                break
+    return linked
 
 
 def save_pipeline_folder(out: str | os.PathLike, components: dict, unet=None, vae=None, one_step: bool = True,
@@ -178,15 +207,35 @@ def save_pipeline_folder(out: str | os.PathLike, components: dict, unet=None, va
     return write_pipeline_atomically(pipe, out, {"train_info.json": json.dumps(extra, indent=2)} if extra else None)
 
 
-def write_pipeline_atomically(pipe, out: str | os.PathLike, files: dict[str, str] | None = None) -> Path:
+# JSON keys that record where a part was loaded from or a tokenizer's runtime padding, not the model
+VOLATILE_KEYS = ("_name_or_path", "padding", "truncation")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.suffix == ".json":
+        try:
+            da, db = json.loads(a.read_text()), json.loads(b.read_text())
+        except ValueError:
+            return False
+        if isinstance(da, dict) and isinstance(db, dict):
+            return {k: v for k, v in da.items() if k not in VOLATILE_KEYS} == \
+                {k: v for k, v in db.items() if k not in VOLATILE_KEYS}
+        return da == db
+    return filecmp.cmp(a, b, shallow=False)
+
+
+def write_pipeline_atomically(pipe, out: str | os.PathLike, files: dict[str, str] | None = None,
+                              link_to: list[Path] = ()) -> Path:
     """Save a pipeline (plus small text files) to a temp folder, then swap it in: a killed run
-    never leaves half a model, and the previous version is removed only once the new one is in place."""
+    never leaves half a model, and the previous version is removed only once the new one is in place.
+    ``link_to``: pipeline folders next to ``out`` whose identical components become links (``link_shared_parts``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     pipe.save_pretrained(tmp, safe_serialization=True)
     for name, text in (files or {}).items():
         (tmp / name).write_text(text)
+    link_shared_parts(tmp, [Path(p) for p in link_to if Path(p).resolve() != out.resolve()])
     old = out.with_name(f".{out.name}-old")
     if out.exists():
         os.replace(out, old)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig, parse_args
-from .diffusion import (NoiseSchedule, encode_prompts, load_components, load_prompts, load_tiny_decoder, pair_cache,
+from .diffusion import (NoiseSchedule, encode_prompts, load_components, load_prompts, load_vae, pair_cache,
                         save_pipeline_folder)
 
 
@@ -151,7 +151,7 @@ class Method(ABC):
 
     def export(self, out: Path, nets: dict, info: dict) -> Path:
         """The student as a one-step diffusers pipeline folder (teacher's text encoder, tokenizer, VAE)."""
-        vae = load_tiny_decoder(self.config.vae) if getattr(self.config, "vae", "") else None
+        vae = load_vae(self.config.vae) if getattr(self.config, "vae", "") else None
         return save_pipeline_folder(out, self.teacher, unet=copy.deepcopy(nets["student"]).float(), vae=vae,
                                     extra={**info, "teacher": self.config.teacher})
 

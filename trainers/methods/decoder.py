@@ -21,6 +21,7 @@ Data:    the teacher's cached ODE latents, or for the miniature world its render
     python -m trainers.methods.decoder --config trainers/configs/decoder_miniature.yaml
 """
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,9 +91,11 @@ class DecoderConfig(PairConfig):
         for lora in self.student_loras:
             if not Path(lora).exists():
                 e.append(f"student_loras: {lora!r} does not exist")
-        if self.decoder_init and not ((Path(self.decoder_init) / "vae" / "config.json").is_file()
-                                      or (Path(self.decoder_init) / "config.json").is_file()):
-            e.append(f"decoder_init={self.decoder_init!r} is not an AutoencoderTiny or pipeline folder")
+        if self.decoder_init:
+            folder = Path(self.decoder_init) / "vae" if (Path(self.decoder_init) / "vae").is_dir() else Path(self.decoder_init)
+            config = folder / "config.json"
+            if not config.is_file() or json.loads(config.read_text()).get("_class_name") != "AutoencoderTiny":
+                e.append(f"decoder_init={self.decoder_init!r} is not an AutoencoderTiny or a pipeline folder with one")
         return e
 
 
@@ -164,9 +167,9 @@ class DecoderDistill(Method):
         torch.manual_seed(self.config.seed)
         factor = 2 ** (len(teacher["vae"].config.block_out_channels) - 1)
         if self.config.decoder_init:
-            from trainers.core.diffusion import load_tiny_decoder
+            from trainers.core.diffusion import load_vae
 
-            tiny_ae = load_tiny_decoder(self.config.decoder_init).float()
+            tiny_ae = load_vae(self.config.decoder_init).float()
         else:
             tiny_ae = build_taesd(teacher["vae"].config.latent_channels, self.config.decoder_size, factor=factor)
         self.nets = {"decoder": Codec(tiny_ae).to(self.device),

@@ -27,7 +27,7 @@ from trainers.core.student import build_student
 class SSDConfig(PairConfig):
     student: str = "copy"  # copy | block_removed | a folder (e.g. the fm_warmup output)
     offline_dm: str = ""  # pipeline folder of the real-score model; "" = the teacher
-    vae: str = ""  # optional AutoencoderTiny (folder or decoder-method output) for the exported pipeline
+    vae: str = ""  # the exported pipeline's codec: a decoder-method output, or a pipeline folder's VAE; "" = the teacher's
     alpha_start: float = 0.9
     alpha_end: float = 0.5
     lambda_fm_start: float = 10.0

@@ -15,7 +15,8 @@ Stages of the chain (the default), in order:
   mse_baseline  one-step MSE regression (Fig. 6 contrast)   -> runs/miniature/mse_baseline/final
   fm_warmup     one-step feature-matching warmup (Eq. 10)   -> runs/miniature/fm_warmup/final
   ssd           Segmented Score Distillation (Alg. 1)       -> runs/miniature/ssd/final
-  export        fp16 copy of the SSD student + tiny decoder -> assets/miniature/sdxs
+  export        fp16 copy of the SSD student + tiny decoder -> assets/miniature/sdxs (--export-name,
+                --export-vae; text encoder etc. identical to assets/miniature/teacher's become links)
   benchmark     python -m benchmarks.miniature_sdxs         -> benchmarks/results/miniature_sdxs.json
 
 ControlNet and style-LoRA stages (paper section 3.2; run after the chain, when named):
@@ -32,6 +33,7 @@ ControlNet and style-LoRA stages (paper section 3.2; run after the chain, when n
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -105,23 +107,25 @@ def stage_args(stage: str, teacher: Path, runs: Path, extra: list[str]) -> list[
     return args
 
 
-def export_fp16(src: Path, dst: Path, decoder: Path | None = None) -> dict:
+def export_fp16(src: Path, dst: Path, vae: Path | None = None, link_to: list[Path] = ()) -> dict:
     """Half-precision copy of a pipeline folder for shipping (~2x smaller; the engine upcasts on the
-    CPU), with the ``vae`` of the ``decoder`` pipeline folder when given (the chain's tiny decoder,
-    so a retrained decoder ships without retraining the student)."""
+    CPU), with the VAE of ``vae`` when given (the chain's tiny decoder, so a retrained decoder ships
+    without retraining the student, or a teacher's AutoencoderKL). Components identical to those of a
+    ``link_to`` folder become links to it."""
     from diffusers import DiffusionPipeline
 
-    from trainers.core.diffusion import load_tiny_decoder, write_pipeline_atomically
+    from trainers.core.diffusion import load_vae, write_pipeline_atomically
 
     pipe = DiffusionPipeline.from_pretrained(str(src), safety_checker=None, requires_safety_checker=False)
-    if decoder is not None:
-        pipe.register_modules(vae=load_tiny_decoder(decoder))
+    if vae is not None:
+        pipe.register_modules(vae=load_vae(vae))
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.half()
     files = {p.name: p.read_text() for p in src.glob("*.json") if p.name != "model_index.json"}
-    write_pipeline_atomically(pipe, dst, files)
-    return {"dir": str(dst), "bytes": sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())}
+    write_pipeline_atomically(pipe, dst, files, link_to=link_to)
+    return {"dir": str(dst), "bytes": sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()),
+            "links": {p.name: os.readlink(p) for p in sorted(dst.iterdir()) if p.is_symlink()}}
 
 
 def export_controls(runs: Path, assets: Path) -> list[str]:
@@ -151,7 +155,8 @@ def export_controls(runs: Path, assets: Path) -> list[str]:
     return written
 
 
-def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eval: int) -> dict:
+def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eval: int, export_name: str = "sdxs",
+        export_vae: Path | None = None) -> dict:
     from trainers.core.method import main as method_main
 
     timings = {}
@@ -163,8 +168,10 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
                 continue
             method_main(method_class(stage), stage_args(stage, teacher, runs, extra))
         elif stage == "export":
-            decoder = next((d for d in (runs / "decoder_student" / "final", runs / "decoder" / "final") if d.is_dir()), None)
-            print(f"[export] {export_fp16(runs / 'ssd' / 'final', assets / 'sdxs', decoder)}", flush=True)
+            vae = export_vae or next((d for d in (runs / "decoder_student" / "final", runs / "decoder" / "final")
+                                      if d.is_dir()), None)
+            result = export_fp16(runs / "ssd" / "final", assets / export_name, vae, link_to=[assets / "teacher"])
+            print(f"[export] {result}", flush=True)
         elif stage == "export_controls":
             print(f"[export_controls] {export_controls(runs, assets)}", flush=True)
         elif stage == "benchmark":
@@ -197,6 +204,10 @@ def main(argv=None):
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a stage's option, e.g. --set ssd.max_steps=500, or every stage's with "
                              "all.KEY=VALUE (a smoke run: --set all.num_pairs=256); repeatable")
+    parser.add_argument("--export-name", default="sdxs", help="export: the folder under --assets (default: sdxs)")
+    parser.add_argument("--export-vae", type=Path, default=None,
+                        help="export: the codec to ship, a tiny-decoder run or a pipeline folder whose VAE to take "
+                             "(default: the chain's decoder_student, else decoder)")
     parser.add_argument("--n-eval", type=int, default=256, help="images per row of the benchmark")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = parser.parse_args(argv)
@@ -205,7 +216,7 @@ def main(argv=None):
         parser.error(f"--set takes STAGE.KEY=VALUE with STAGE one of all, {', '.join(TRAIN_STAGES)}; got {bad}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args.stages, args.teacher, args.runs, args.assets, args.extra, args.n_eval)
+    run(args.stages, args.teacher, args.runs, args.assets, args.extra, args.n_eval, args.export_name, args.export_vae)
 
 
 if __name__ == "__main__":

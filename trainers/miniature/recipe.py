@@ -14,6 +14,8 @@ Stages, in order (each writes under ``--work`` and the shipped copies under ``--
                3e-4 over its own budget (``--continue-minutes``)      -> work/teacher-continued
   export       fp16 diffusers folder of the teacher (the continued
                one when it exists)                                    -> assets/miniature/teacher
+               (--export-name teacher-sd4 --work runs/gpu-teacher: the SD1.5-layout one, see MODE=teacher
+               in scripts/gpu_session.sh)
 
 The settings are those of the shipped weights (``train_stats.json`` in each folder records steps,
 batch and wall time). The shipped VAE was trained on an H200 (72 s; ``--device cuda``); the teacher
@@ -40,19 +42,21 @@ SHIPPED = {  # what produced assets/miniature (train_stats.json records the same
 }
 
 
-def export_fp16(src: Path, dst: Path) -> dict:
-    """Half-precision copy for shipping: ~2x smaller; the engine upcasts on load for the CPU."""
+def export_fp16(src: Path, dst: Path, link_to: list[Path] = ()) -> dict:
+    """Half-precision copy for shipping: ~2x smaller; the engine upcasts on load for the CPU. Parts
+    identical to a ``link_to`` folder's (a second teacher on the same VAE and text encoder) become links."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(str(src), safety_checker=None, requires_safety_checker=False)
     stats = json.loads((src / "train_stats.json").read_text())
     teacher.save_pipeline(dst, pipe.vae.half(), pipe.text_encoder.half(), pipe.tokenizer, pipe.unet.half(),
-                          pipe.scheduler.config, stats)
-    return {"bytes": sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())}
+                          pipe.scheduler.config, stats, link_to=link_to)
+    return {"bytes": sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()),
+            "links": sorted(p.name for p in dst.iterdir() if p.is_symlink())}
 
 
 def run(stages, device: torch.device, work: Path, assets: Path, teacher_minutes: float | None,
-        continue_minutes: float | None = None) -> None:
+        continue_minutes: float | None = None, export_name: str = "teacher") -> None:
     work.mkdir(parents=True, exist_ok=True)
     for stage in stages:
         t0 = time.time()
@@ -75,7 +79,7 @@ def run(stages, device: torch.device, work: Path, assets: Path, teacher_minutes:
         else:
             continued = work / "teacher-continued"
             source = continued if (continued / "model_index.json").is_file() else work / "teacher"
-            result = export_fp16(source, assets / "teacher")
+            result = export_fp16(source, assets / export_name, link_to=[assets / "teacher"])
         print(f"[{stage}] {time.time() - t0:.0f} s: {json.dumps(result, default=str)[:300]}", flush=True)
 
 
@@ -90,8 +94,12 @@ def main(argv=None):
                         help="the teacher's wall-time budget, text-encoder pretraining included")
     parser.add_argument("--continue-minutes", type=float, default=125.0,
                         help="the continuation's wall-time budget, data encoding included")
+    parser.add_argument("--export-name", default="teacher",
+                        help="the export's folder under --assets; another name (teacher-sd4 from a --work holding "
+                             "the SD1.5-layout teacher) links the parts it shares with assets/.../teacher")
     args = parser.parse_args(argv)
-    run(args.stages, torch.device(args.device), args.work, args.assets, args.teacher_minutes, args.continue_minutes)
+    run(args.stages, torch.device(args.device), args.work, args.assets, args.teacher_minutes, args.continue_minutes,
+        args.export_name)
 
 
 if __name__ == "__main__":

@@ -172,8 +172,9 @@ def encode_dataset(vae, n: int, device, seed: int = 1, chunk: int = 512) -> tupl
     return torch.cat(latents), captions
 
 
-def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler_config, stats: dict) -> None:
-    """Write the teacher as a diffusers folder, atomically."""
+def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler_config, stats: dict,
+                  link_to: list[Path] = ()) -> None:
+    """Write the teacher as a diffusers folder, atomically (parts identical to a ``link_to`` folder's: links)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     sampler = DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++",
@@ -181,7 +182,7 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler_confi
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=sampler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    write_pipeline_atomically(pipe, out, {"train_stats.json": json.dumps(stats, indent=2)})
+    write_pipeline_atomically(pipe, out, {"train_stats.json": json.dumps(stats, indent=2)}, link_to=link_to)
 
 
 def min_snr_weight(alphas_cumprod: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
