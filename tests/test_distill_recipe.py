@@ -100,3 +100,7 @@ def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     assert {p.name for p in kl.iterdir() if p.is_symlink()} >= {"text_encoder", "tokenizer", "vae"}
     assert (kl / "vae").readlink().as_posix() == "../teacher/vae" and not (kl / "unet").is_symlink()
     assert load_engine(kl, device="cpu").generate("a b", seed=1, output_type="np").images.shape == (1, 64, 64, 3)
+    # its ControlNets and LoRA take the name's suffix, so they sit beside the first student's
+    distill.run(("export_controls",), mid_teacher_dir, runs, assets, TOY, n_eval=4, export_name="sdxs-kl")
+    assert (assets / "lora-pastel-kl" / "pytorch_lora_weights.safetensors").is_file()
+    assert (assets / "controlnet-depth-kl" / "config.json").is_file() and (assets / "controlnet-depth").is_dir()

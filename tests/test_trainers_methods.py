@@ -77,6 +77,42 @@ def test_ssd_student_gradient_comes_from_fm_only_when_alpha_zero(tmp_path, tiny_
     assert logs["sd"] > 0 and grad > 0
 
 
+def test_ssd_fresh_rows_get_new_noise_and_captions_and_only_the_score_term(tmp_path, tiny_dir):
+    from trainers.core.config import load_config
+    from trainers.core.diffusion import encode_prompts
+    from trainers.methods.ssd import SSD
+
+    class Accel:
+        device, process_index, is_main_process = torch.device("cpu"), 0, True
+
+        def wait_for_everyone(self):
+            pass
+
+    cfg = {**SMALL, "teacher": str(tiny_dir), "run_dir": str(tmp_path), "batch_size": 4, "fresh_ratio": 0.5,
+           "alpha_start": 0.0, "alpha_end": 0.0, "anneal": "constant"}
+    method = SSD(load_config(SSD.config_cls, None, cfg).validate())
+    method.setup(Accel())
+    batch = method.batch(3, 0, Accel())
+    idx, pairs = batch["index"], method.pairs
+    assert batch["paired"] == 2
+    assert torch.equal(batch["noise"][:2], pairs["noise"][idx[:2]])  # paired rows: the pair's noise and caption
+    assert not any(torch.equal(batch["noise"][i], pairs["noise"][j]) for i in (2, 3) for j in range(len(pairs["noise"])))
+    pool = encode_prompts(method.teacher["tokenizer"], method.teacher["text_encoder"], method.prompts, "cpu")
+    for row in batch["embeds"][2:]:  # fresh rows: a caption from the whole prompt pool
+        assert any(torch.allclose(row, e) for e in pool)
+    again = method.batch(3, 0, Accel())  # derived from the step's seed: a resumed run draws the same
+    assert torch.equal(again["noise"], batch["noise"]) and torch.equal(again["embeds"], batch["embeds"])
+    # alpha 0: the loss is FM alone, on the paired rows only
+    with torch.no_grad():
+        x0 = method.student_sample(batch)
+        want, _ = method.fm(x0[:2], batch["latents"][:2], batch["embeds"][:2])
+        _, logs = method.student_loss(batch, 0)
+    assert abs(logs["fm"] - want.item()) < 1e-5
+    method.config.fresh_ratio = 1.0
+    _, logs = method.student_loss(method.batch(3, 0, Accel()), 0)
+    assert logs["fm"] == 0.0 and logs["sd"] == 0.0
+
+
 def test_fm_warmup_caches_pairs_and_exports(tmp_path, mid_teacher_dir):
     from trainers.methods.fm_warmup import FMWarmup
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from sdxs_core.architectures import TAESD_SIZES, build_taesd
 from trainers.core.diffusion import save_pipeline_folder
@@ -112,6 +113,7 @@ def student_latents(student: str, controlnets: list, loras: list, captions: list
     engine = load_engine(student, device=device, dtype=torch.float32, graphs=False)
     variants = [("text", None), *(("controlnet", c) for c in controlnets), *(("lora", lo) for lo in loras)]
     out = [None] * len(captions)
+    bar = tqdm(total=len(captions), desc="student latents", unit="img")
     for k, (kind, source) in enumerate(variants):
         which = list(range(k, len(captions), len(variants)))
         extra, control_type = {}, None
@@ -129,10 +131,12 @@ def student_latents(student: str, controlnets: list, loras: list, captions: list
             latents = engine.generate([captions[i] for i in idx], seed=idx, output_type="latent", **extra).images
             for i, z in zip(idx, latents.float().cpu()):
                 out[i] = z
+            bar.update(len(idx))
         if kind == "controlnet":
             engine.set_controlnet(None)
         elif kind == "lora":
             engine.unload_lora(name)
+    bar.close()
     return torch.stack(out)
 
 

@@ -8,6 +8,10 @@ Loss:    online DM: denoising loss on detached student samples (every step).
          (DMD2-normalised, see ``ScoreDistillationLoss``) + lambda_FM * SSIM feature matching
          against the teacher's ODE sample from the same noise, standing in for (alpha*T, T].
          alpha and lambda_FM are annealed from high to low.
+Inputs:  the teacher pairs' noise and captions; ``fresh_ratio`` of each batch instead gets fresh noise
+         and a caption drawn from all ``num_prompts`` (the pairs use the first ``num_pairs``). Those rows
+         have no ODE target, so only the score term (and the online DM) sees them: the student learns
+         from the teacher's score beyond the pairs, as DMD2 does, while FM keeps it anchored.
 
     python -m trainers.methods.ssd --config trainers/configs/ssd_miniature.yaml
 """
@@ -40,6 +44,7 @@ class SSDConfig(PairConfig):
     t_min: float = 0.02
     fm_timestep: int = 0
     fm_weights: list[float] = None  # per layer (input first); None = uniform
+    fresh_ratio: float = 0.0  # share of the student's inputs with fresh noise and caption (score term only)
 
     method = "ssd"
 
@@ -48,6 +53,8 @@ class SSDConfig(PairConfig):
         for name in ("alpha_start", "alpha_end", "t_min"):
             if not 0 <= getattr(self, name) <= 1:
                 e.append(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if not 0 <= self.fresh_ratio <= 1:
+            e.append(f"fresh_ratio={self.fresh_ratio} must be in [0, 1]")
         if min(self.lambda_fm_start, self.lambda_fm_end) < 0 or self.student_every < 1:
             e.append("lambda_fm_* must be >= 0 and student_every >= 1")
         return e
@@ -78,6 +85,26 @@ class SSD(Method):
         """The (prepared) network by name at call time: accelerate wraps it after ``setup``."""
         return lambda *a, **k: self.nets[name](*a, **k)
 
+    def batch(self, step, micro, accelerator):
+        """The pairs' batch, its last ``round(fresh_ratio * N)`` rows given fresh noise and captions;
+        ``batch["paired"]`` counts the rows that keep their ODE target."""
+        import torch
+
+        from trainers.core.diffusion import encode_prompts
+
+        batch = super().batch(step, micro, accelerator)
+        n = len(batch["noise"])
+        k = round(self.config.fresh_ratio * n)
+        batch["paired"] = n - k
+        if k:
+            gen = batch["generator"]
+            pick = torch.randint(len(self.prompts), (k,), generator=gen, device=gen.device).tolist()
+            batch["noise"], batch["embeds"] = batch["noise"].clone(), batch["embeds"].clone()
+            batch["noise"][n - k:] = torch.randn(batch["noise"][n - k:].shape, generator=gen, device=gen.device)
+            batch["embeds"][n - k:] = encode_prompts(self.teacher["tokenizer"], self.teacher["text_encoder"],
+                                                     [self.prompts[i] for i in pick], self.device)
+        return batch
+
     def student_sample(self, batch):
         return one_step(self.nets["student"], batch["noise"], batch["embeds"], self.schedule)
 
@@ -92,7 +119,8 @@ class SSD(Method):
         x0 = self.student_sample(batch)
         at = self.anneal_position(step)
         sd, sd_logs = self.score(x0, batch["embeds"], self.alpha(at), self.uncond, batch["generator"])
-        fm, fm_logs = self.fm(x0, batch["latents"], batch["embeds"])
+        p = batch["paired"]
+        fm, fm_logs = self.fm(x0[:p], batch["latents"][:p], batch["embeds"][:p]) if p else (0.0, {"fm": 0.0})
         return sd + self.lambda_fm(at) * fm, {**sd_logs, **fm_logs}
 
     def scalars(self, step):

@@ -128,8 +128,9 @@ def export_fp16(src: Path, dst: Path, vae: Path | None = None, link_to: list[Pat
             "links": {p.name: os.readlink(p) for p in sorted(dst.iterdir()) if p.is_symlink()}}
 
 
-def export_controls(runs: Path, assets: Path) -> list[str]:
-    """The distilled ControlNets (fp16) and style LoRA next to the shipped student, where the app finds them."""
+def export_controls(runs: Path, assets: Path, suffix: str = "") -> list[str]:
+    """The distilled ControlNets (fp16) and style LoRA next to the shipped student, where the app finds them
+    (``controlnet-edges{suffix}``, ..., ``lora-pastel{suffix}``)."""
     import shutil
 
     from diffusers import ControlNetModel
@@ -141,11 +142,11 @@ def export_controls(runs: Path, assets: Path) -> list[str]:
         src = runs / f"controlnet_ssd_{kind}" / "final"
         if (src / "config.json").is_file():
             written.append(str(write_pipeline_atomically(ControlNetModel.from_pretrained(src).half(),
-                                                         assets / f"controlnet-{kind}", {p.name: p.read_text() for p in src.glob("*.json")
+                                                         assets / f"controlnet-{kind}{suffix}", {p.name: p.read_text() for p in src.glob("*.json")
                                                           if p.name != "config.json"})))
     lora = runs / "lora_ssd" / "final"
     if lora.is_dir():  # copied as is (temp folder, then swapped in): the file is already what the engine loads
-        dst = assets / "lora-pastel"
+        dst = assets / f"lora-pastel{suffix}"
         tmp = dst.with_name(f".{dst.name}-tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(lora, tmp)
@@ -173,7 +174,8 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
             result = export_fp16(runs / "ssd" / "final", assets / export_name, vae, link_to=[assets / "teacher"])
             print(f"[export] {result}", flush=True)
         elif stage == "export_controls":
-            print(f"[export_controls] {export_controls(runs, assets)}", flush=True)
+            suffix = export_name.removeprefix("sdxs")  # sdxs-sd4: controlnet-edges-sd4, lora-pastel-sd4
+            print(f"[export_controls] {export_controls(runs, assets, suffix)}", flush=True)
         elif stage == "benchmark":
             from benchmarks import miniature_sdxs
 
@@ -204,7 +206,9 @@ def main(argv=None):
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a stage's option, e.g. --set ssd.max_steps=500, or every stage's with "
                              "all.KEY=VALUE (a smoke run: --set all.num_pairs=256); repeatable")
-    parser.add_argument("--export-name", default="sdxs", help="export: the folder under --assets (default: sdxs)")
+    parser.add_argument("--export-name", default="sdxs",
+                        help="export: the student's folder under --assets (default: sdxs); export_controls names its "
+                             "folders with what follows 'sdxs' (sdxs-sd4: controlnet-edges-sd4, lora-pastel-sd4)")
     parser.add_argument("--export-vae", type=Path, default=None,
                         help="export: the codec to ship, a tiny-decoder run or a pipeline folder whose VAE to take "
                              "(default: the chain's decoder_student, else decoder)")
