@@ -90,7 +90,8 @@ def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     assert any(not torch.allclose(continued[k], chain[k]) for k in chain)
 
     # a second export under another name with the teacher's VAE (how assets/miniature/sdxs-sd4 is made): the text
-    # encoder, tokenizer and VAE, unchanged from the teacher's, become links to the shipped teacher's
+    # encoder, tokenizer and VAE, unchanged from the teacher's, become links to the shipped teacher's, the U-Net
+    # a link to the first export's
     distill.export_fp16(mid_teacher_dir, assets / "teacher")
     distill.run(("export",), mid_teacher_dir, runs, assets, TOY, n_eval=4, export_name="sdxs-kl",
                 export_vae=mid_teacher_dir)
@@ -98,8 +99,13 @@ def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     teacher_vae = json.loads((mid_teacher_dir / "model_index.json").read_text())["vae"]
     assert json.loads((kl / "model_index.json").read_text())["vae"] == teacher_vae
     assert {p.name for p in kl.iterdir() if p.is_symlink()} >= {"text_encoder", "tokenizer", "vae"}
-    assert (kl / "vae").readlink().as_posix() == "../teacher/vae" and not (kl / "unet").is_symlink()
+    assert (kl / "vae").readlink().as_posix() == "../teacher/vae"
+    assert (kl / "unet").readlink().as_posix() == "../sdxs/unet"  # the first export's U-Net, stored once
     assert load_engine(kl, device="cpu").generate("a b", seed=1, output_type="np").images.shape == (1, 64, 64, 3)
+    # the same student with another codec stores only that codec: its U-Net is a link to the shipped one
+    distill.run(("export",), mid_teacher_dir, runs, assets, TOY, n_eval=4, export_name="sdxs-b",
+                export_vae=runs / "decoder_student" / "final")
+    assert (assets / "sdxs-b" / "unet").readlink().as_posix() == "../sdxs/unet"
     # its ControlNets and LoRA take the name's suffix, so they sit beside the first student's
     distill.run(("export_controls",), mid_teacher_dir, runs, assets, TOY, n_eval=4, export_name="sdxs-kl")
     assert (assets / "lora-pastel-kl" / "pytorch_lora_weights.safetensors").is_file()

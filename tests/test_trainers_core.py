@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -327,3 +328,25 @@ def test_load_vae_picks_the_class_its_config_names(tmp_path, mid_teacher_dir):
     (tmp_path / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     with pytest.raises(ValueError, match="UNet2DConditionModel"):
         load_vae(tmp_path)
+
+
+def test_replacing_a_linked_model_keeps_what_its_dependents_had(tmp_path):
+    from trainers.core.diffusion import link_shared_parts, write_pipeline_atomically
+
+    class Folder:  # what write_pipeline_atomically needs of a pipeline
+        def __init__(self, text):
+            self.text = text
+
+        def save_pretrained(self, path, safe_serialization=True):
+            (Path(path) / "vae").mkdir()
+            (Path(path) / "vae" / "w.safetensors").write_text(self.text)
+
+    write_pipeline_atomically(Folder("old"), tmp_path / "teacher")
+    write_pipeline_atomically(Folder("old"), tmp_path / "student", link_to=[tmp_path / "teacher"])
+    assert (tmp_path / "student" / "vae").is_symlink()
+    write_pipeline_atomically(Folder("new"), tmp_path / "teacher")
+    assert (tmp_path / "teacher" / "vae" / "w.safetensors").read_text() == "new"
+    student = tmp_path / "student" / "vae"
+    assert not student.is_symlink() and (student / "w.safetensors").read_text() == "old"
+    assert link_shared_parts(tmp_path / "student", [tmp_path / "teacher"]) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student", "teacher"]  # no temp folders left

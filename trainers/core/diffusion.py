@@ -207,6 +207,23 @@ def save_pipeline_folder(out: str | os.PathLike, components: dict, unet=None, va
     return write_pipeline_atomically(pipe, out, {"train_info.json": json.dumps(extra, indent=2)} if extra else None)
 
 
+def detach_links_into(folder: Path) -> list[str]:
+    """Before ``folder`` is replaced: every sibling's link into it becomes a real copy of what it
+    pointed at (copied in full first), so no other model changes with it."""
+    folder, detached = Path(folder).resolve(), []
+    for sibling in sorted(p for p in folder.parent.iterdir() if p.is_dir() and p.resolve() != folder):
+        for link in sorted(p for p in sibling.iterdir() if p.is_symlink()):
+            target = link.resolve()
+            if target.is_dir() and folder in target.parents:
+                tmp = link.with_name(f".{link.name}-copy")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(target, tmp)
+                link.unlink()  # a directory cannot be renamed over a link: unlink, then move the full copy in
+                os.replace(tmp, link)
+                detached.append(str(link))
+    return detached
+
+
 # JSON keys that record where a part was loaded from or a tokenizer's runtime padding, not the model
 VOLATILE_KEYS = ("_name_or_path", "padding", "truncation")
 
@@ -238,6 +255,7 @@ def write_pipeline_atomically(pipe, out: str | os.PathLike, files: dict[str, str
     link_shared_parts(tmp, [Path(p) for p in link_to if Path(p).resolve() != out.resolve()])
     old = out.with_name(f".{out.name}-old")
     if out.exists():
+        detach_links_into(out)
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)

@@ -16,7 +16,7 @@ Stages of the chain (the default), in order:
   fm_warmup     one-step feature-matching warmup (Eq. 10)   -> runs/miniature/fm_warmup/final
   ssd           Segmented Score Distillation (Alg. 1)       -> runs/miniature/ssd/final
   export        fp16 copy of the SSD student + tiny decoder -> assets/miniature/sdxs (--export-name,
-                --export-vae; text encoder etc. identical to assets/miniature/teacher's become links)
+                --export-vae; parts identical to a shipped pipeline's, the teacher's first, become links)
   benchmark     python -m benchmarks.miniature_sdxs         -> benchmarks/results/miniature_sdxs.json
 
 ControlNet and style-LoRA stages (paper section 3.2; run after the chain, when named):
@@ -171,7 +171,9 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
         elif stage == "export":
             vae = export_vae or next((d for d in (runs / "decoder_student" / "final", runs / "decoder" / "final")
                                       if d.is_dir()), None)
-            result = export_fp16(runs / "ssd" / "final", assets / export_name, vae, link_to=[assets / "teacher"])
+            shipped = sorted(p for p in assets.glob("*") if (p / "model_index.json").is_file()) if assets.is_dir() else []
+            result = export_fp16(runs / "ssd" / "final", assets / export_name, vae,
+                                 link_to=[assets / "teacher", *shipped])  # e.g. a second decoder: only the vae is new
             print(f"[export] {result}", flush=True)
         elif stage == "export_controls":
             suffix = export_name.removeprefix("sdxs")  # sdxs-sd4: controlnet-edges-sd4, lora-pastel-sd4
