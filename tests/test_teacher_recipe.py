@@ -183,9 +183,34 @@ def test_bundled_sd4_student_is_the_block_removed_sd4_teacher_and_offers_no_fore
     image = engine.generate(["a red circle on the left on a gray background"], seed=0, output_type="np").images
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all() and image.std() > 0.02
     hub = ModelHub(search_dirs=[SD4.parent.parent])
-    offered = {}
+    offered, loras = {}, {}
     for model in ("miniature", "miniature-sd4"):
         hub.load_model(model)
         offered[model] = {key for _, key in hub.choices("controlnet") if "miniature/controlnet-" in key}
+        loras[model] = {key for _, key in hub.choices("lora") if "miniature/lora-" in key}
     assert offered == {"miniature": {"assets/miniature/controlnet-edges", "assets/miniature/controlnet-depth"},
                        "miniature-sd4": set()}
+    # each student is offered its own distilled style LoRA, never the other's
+    assert loras == {"miniature": {"assets/miniature/lora-pastel/pytorch_lora_weights.safetensors"},
+                     "miniature-sd4": {"assets/miniature/lora-pastel-sd4/pytorch_lora_weights.safetensors"}}
+    assert "LoRA **assets/miniature/lora-pastel-sd4" in hub.set_lora(
+        "assets/miniature/lora-pastel-sd4/pytorch_lora_weights.safetensors")
+
+
+FAST_SD4 = SD4.parent / "sdxs-sd4-fast"
+
+
+@pytest.mark.skipif(not (FAST_SD4 / "vae").is_dir(), reason="assets/miniature/sdxs-sd4-fast missing")
+def test_fast_sd4_student_is_the_same_unet_with_its_tiny_decoder():
+    """``miniature-sd4-fast`` stores only its tiny decoder: the U-Net and text parts are links, so it draws
+    what ``miniature-sd4`` draws, decoded by the TAESD-family decoder trained on this student's latents."""
+    from diffusers import AutoencoderTiny
+
+    assert (FAST_SD4 / "unet").resolve() == (STUDENT_SD4 / "unet").resolve() and not (FAST_SD4 / "vae").is_symlink()
+    fast, full = load_engine("miniature-sd4-fast", device="cpu"), load_engine("miniature-sd4", device="cpu")
+    assert isinstance(fast.vae, AutoencoderTiny)
+    prompt = ["a red circle on the left on a gray background"]
+    a = fast.generate(prompt, seed=0, output_type="np").images
+    b = full.generate(prompt, seed=0, output_type="np").images
+    assert a.shape == b.shape == (1, 64, 64, 3)
+    assert np.abs(a - b).mean() < 0.08  # the same picture through another decoder, not another picture
