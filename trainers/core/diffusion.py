@@ -171,9 +171,10 @@ def load_vae(folder: str | os.PathLike):
 
 
 def link_shared_parts(folder: Path, peers: list[Path]) -> list[str]:
-    """Replace each component folder of ``folder`` whose files are byte-identical to the same-named
-    component of one of the ``peers`` pipeline folders (a real folder, not a link) by a relative link
-    to it: shipped models that share a text encoder or VAE store it once."""
+    """Replace each component folder of ``folder`` whose files equal those of the same-named component
+    of one of the ``peers`` pipeline folders (a real folder, not a link) by a relative link to it:
+    shipped models that share a text encoder or VAE store it once. Equal: byte for byte, JSON files
+    up to ``VOLATILE_KEYS``."""
     def files(d: Path) -> dict:
         return {p.relative_to(d): p for p in d.rglob("*") if p.is_file()}
 
