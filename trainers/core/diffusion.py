@@ -156,13 +156,18 @@ def one_step_scheduler(scheduler):
 
 
 # ---- saving -------------------------------------------------------------------------------------------
+def vae_dir(folder: str | os.PathLike) -> Path:
+    """A codec's own folder: a pipeline folder's ``vae``, else ``folder`` itself."""
+    folder = Path(folder)
+    return folder / "vae" if (folder / "vae").is_dir() else folder
+
+
 def load_vae(folder: str | os.PathLike):
     """The image codec of a pipeline folder (its ``vae``) or a codec's own folder, of the class its
     config names: an AutoencoderTiny (what the decoder method exports) or an AutoencoderKL (a teacher's)."""
     from diffusers import AutoencoderKL, AutoencoderTiny
 
-    folder = Path(folder)
-    folder = folder / "vae" if (folder / "vae").is_dir() else folder
+    folder = vae_dir(folder)
     classes = {"AutoencoderTiny": AutoencoderTiny, "AutoencoderKL": AutoencoderKL}
     name = json.loads((folder / "config.json").read_text()).get("_class_name")
     if name not in classes:

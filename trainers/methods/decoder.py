@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sdxs_core.architectures import TAESD_SIZES, build_taesd
-from trainers.core.diffusion import save_pipeline_folder
+from trainers.core.diffusion import save_pipeline_folder, vae_dir
 from trainers.core.loop import Phase
 from trainers.core.losses import Discriminator, downsampled_l1, gradient_l1, hinge_d_loss, hinge_g_loss, unwrap
 from trainers.core.method import Method, PairConfig, borrowed, main
@@ -93,8 +93,7 @@ class DecoderConfig(PairConfig):
             if not Path(lora).exists():
                 e.append(f"student_loras: {lora!r} does not exist")
         if self.decoder_init:
-            folder = Path(self.decoder_init) / "vae" if (Path(self.decoder_init) / "vae").is_dir() else Path(self.decoder_init)
-            config = folder / "config.json"
+            config = vae_dir(self.decoder_init) / "config.json"
             if not config.is_file() or json.loads(config.read_text()).get("_class_name") != "AutoencoderTiny":
                 e.append(f"decoder_init={self.decoder_init!r} is not an AutoencoderTiny or a pipeline folder with one")
         return e

@@ -171,9 +171,10 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
         elif stage == "export":
             vae = export_vae or next((d for d in (runs / "decoder_student" / "final", runs / "decoder" / "final")
                                       if d.is_dir()), None)
-            shipped = sorted(p for p in assets.glob("*") if (p / "model_index.json").is_file()) if assets.is_dir() else []
+            shipped = sorted((p for p in assets.glob("*") if (p / "model_index.json").is_file()),
+                             key=lambda p: (p.name != "teacher", p.name))  # the teacher's parts first
             result = export_fp16(runs / "ssd" / "final", assets / export_name, vae,
-                                 link_to=[assets / "teacher", *shipped])  # e.g. a second decoder: only the vae is new
+                                 link_to=shipped)  # e.g. a second decoder: only the vae is new
             print(f"[export] {result}", flush=True)
         elif stage == "export_controls":
             suffix = export_name.removeprefix("sdxs")  # sdxs-sd4: controlnet-edges-sd4, lora-pastel-sd4
