@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from .errors import SDXSError
+from .presets import DEFAULT_MODEL
 
 
 def _generate(args) -> int:
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate images from a prompt (and optionally a control image)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--out", required=True, help="output PNG; a batch writes OUT-0.png, OUT-1.png, ...")
-    gen.add_argument("--model", default="miniature", help="preset name, local diffusers folder or hub id")
+    gen.add_argument("--model", default=DEFAULT_MODEL, help="preset name, local diffusers folder or hub id")
     gen.add_argument("--seed", type=int, default=None, help="image i uses seed + i; random if omitted")
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--height", type=int, default=None)

@@ -14,7 +14,7 @@ import torch
 
 from .devices import resolve_device, resolve_dtype
 from .errors import IncompatibleWeightsError, ModelNotFoundError, ModelUnavailableError, NotAPipelineError
-from .presets import PRESETS, Preset, _is_hub_id
+from .presets import DEFAULT_MODEL, PRESETS, Preset, _is_hub_id
 
 HUB_HOST = "huggingface.co"
 _WEIGHT_PATTERNS = ["*.json", "*.txt", "*.safetensors", "tokenizer*/*", "*.model"]
@@ -43,7 +43,7 @@ def _unavailable_message(name: str, repo_id: str, kind: str) -> str:
         f"On a machine with network, fetch it with `hf download {repo_id}` (older huggingface_hub: "
         f"`huggingface-cli download {repo_id}`) and copy the cache (~/.cache/huggingface) here, or "
         f"download it into a folder (`hf download {repo_id} --local-dir DIR`) and pass that folder instead. "
-        f"The bundled miniature model runs offline: `--model miniature`."
+        f"The bundled miniature model runs offline: `--model {DEFAULT_MODEL}`."
     )
 
 
@@ -187,7 +187,7 @@ def check_controlnet_fits(controlnet, unet) -> None:
             f"U-Net's {tuple(u.block_out_channels)} x{u.layers_per_block}: it was made for another U-Net")
 
 
-def load_engine(model: str | os.PathLike = "miniature", controlnet: str | os.PathLike | None = None,
+def load_engine(model: str | os.PathLike = DEFAULT_MODEL, controlnet: str | os.PathLike | None = None,
                 lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                 graphs: bool | None = None):

@@ -30,13 +30,18 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("sdxs-512-dreamshaper-anime", "IDKiro/sdxs-512-dreamshaper-anime", "lora", "sd1.5",
            "Anime style LoRA (PEFT format) for sdxs-512-dreamshaper."),
     Preset("miniature", str(ASSETS / "miniature" / "sdxs"), "pipeline", "miniature",
-           "Bundled one-step model of the miniature world (64x64); runs offline."),
+           "The first bundled one-step model of the miniature world (64x64): tight edges ControlNet, weak "
+           "text-to-image."),
     Preset("miniature-sd4", str(ASSETS / "miniature" / "sdxs-sd4"), "pipeline", "miniature-sd4",
-           "Bundled one-step model distilled from the SD1.5-layout miniature teacher: better text-to-image, "
-           "a pastel style LoRA, no ControlNet yet."),
+           "Bundled one-step model distilled from the SD1.5-layout miniature teacher (64x64), with its edges and "
+           "depth ControlNets and pastel LoRA; decoded by the teacher's VAE."),
     Preset("miniature-sd4-fast", str(ASSETS / "miniature" / "sdxs-sd4-fast"), "pipeline", "miniature-sd4",
-           "miniature-sd4 with its tiny decoder: faster decoding, fewer prompts drawn right."),
+           "miniature-sd4 with its tiny decoder, the offline default: faster decoding, fewer prompts drawn right."),
 ]}
+
+
+# What the app, the CLI and ``load_engine()`` open when no model is named.
+DEFAULT_MODEL = "miniature-sd4-fast"
 
 
 def _is_hub_id(source: str) -> bool:

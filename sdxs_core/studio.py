@@ -27,7 +27,7 @@ from .devices import resolve_device, resolve_dtype
 from .errors import IncompatibleWeightsError, ModelUnavailableError, SDXSError
 from .images import ImageLike, to_rgb_array
 from .loading import load_controlnet, load_engine
-from .presets import ASSETS, PRESETS
+from .presets import ASSETS, DEFAULT_MODEL, PRESETS
 
 ROOT = ASSETS.parent
 OUTPUTS = ROOT / "outputs"
@@ -361,8 +361,8 @@ class ModelHub:
 
     def default_model(self) -> str:
         """The bundled miniature model when installed, else a tiny random one (noted as such)."""
-        if (Path(PRESETS["miniature"].source) / "model_index.json").is_file():
-            return "miniature"
+        if (Path(PRESETS[DEFAULT_MODEL].source) / "model_index.json").is_file():
+            return DEFAULT_MODEL
         model, _ = ensure_tiny_model(self.outputs)
         self.rescan()
         found = [e.key for e in self.entries("pipeline") if e.source == str(model)]

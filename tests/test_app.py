@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdxs_core.presets import DEFAULT_MODEL
 from sdxs_core.studio import TINY_NOTE, ModelHub, TextRequest, ensure_tiny_model, sketch_to_control, text_to_image
 
 
@@ -122,7 +123,7 @@ def test_unavailable_hub_model_falls_back_with_a_notice(tmp_path):
     assert "not available offline" in notice and "hf download IDKiro/sdxs-512-dreamshaper" in notice
     assert "Falling back" in notice and hub.engine is not None
     assert "not available offline" in hub.status()  # on the page, not just in the log
-    if hub.model_key != "miniature":  # the random tiny model says so too
+    if hub.model_key != DEFAULT_MODEL:  # the random tiny model says so too
         assert TINY_NOTE in hub.status()
 
 

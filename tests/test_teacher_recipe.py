@@ -164,10 +164,10 @@ STUDENT_SD4 = SD4.parent / "sdxs-sd4"
 
 
 @pytest.mark.skipif(not (STUDENT_SD4 / "unet").is_dir(), reason="assets/miniature/sdxs-sd4 missing")
-def test_bundled_sd4_student_is_the_block_removed_sd4_teacher_and_offers_no_foreign_controlnet():
+def test_bundled_sd4_student_is_the_block_removed_sd4_teacher_and_is_offered_only_its_own_add_ons():
     """The ``miniature-sd4`` preset: one step, the sd4 teacher's block-removed U-Net on the shipped teacher's
-    text encoder and VAE (links); the bundled ControlNets were made for the other student, so the app must
-    not offer them for it."""
+    text encoder and VAE (links); each student's ControlNets and LoRA were distilled for it alone, so the app
+    offers each only its own."""
     from diffusers import UNet2DConditionModel
 
     from sdxs_core.studio import ModelHub
@@ -189,7 +189,7 @@ def test_bundled_sd4_student_is_the_block_removed_sd4_teacher_and_offers_no_fore
         offered[model] = {key for _, key in hub.choices("controlnet") if "miniature/controlnet-" in key}
         loras[model] = {key for _, key in hub.choices("lora") if "miniature/lora-" in key}
     assert offered == {"miniature": {"assets/miniature/controlnet-edges", "assets/miniature/controlnet-depth"},
-                       "miniature-sd4": set()}
+                       "miniature-sd4": {"assets/miniature/controlnet-edges-sd4", "assets/miniature/controlnet-depth-sd4"}}
     # each student is offered its own distilled style LoRA, never the other's
     assert loras == {"miniature": {"assets/miniature/lora-pastel/pytorch_lora_weights.safetensors"},
                      "miniature-sd4": {"assets/miniature/lora-pastel-sd4/pytorch_lora_weights.safetensors"}}
