@@ -218,7 +218,10 @@ def test_controlnet_kd_then_ssd(tmp_path, cn_models):
     pil = Image.fromarray((teacher_image[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
     live = extract("none", pil, size=64).image
     assert live.std() > 0
-    torch.testing.assert_close(batch["control"][j:j + 1], engine.prepare_control(live, 1, 64, 64), atol=0, rtol=0)
+    # the two decodes run in different engines (the app's is traced), so a pixel on a rounding edge may
+    # land one 8-bit level away; any other preprocessing would move many pixels by more
+    diff = (batch["control"][j:j + 1] - engine.prepare_control(live, 1, 64, 64)).abs()
+    assert diff.max() <= 1 / 255 + 1e-6 and (diff > 0).float().mean() < 0.01
 
     # the output folder loads next to the student and its control image changes the image
     plain = engine.generate("a b", seed=0, output_type="np").images
