@@ -214,3 +214,15 @@ def test_fast_sd4_student_is_the_same_unet_with_its_tiny_decoder():
     b = full.generate(prompt, seed=0, output_type="np").images
     assert a.shape == b.shape == (1, 64, 64, 3)
     assert np.abs(a - b).mean() < 0.08  # the same picture through another decoder, not another picture
+
+
+@pytest.mark.skipif(not (FAST_SD4 / "vae").is_dir(), reason="assets/miniature/sdxs-sd4-fast missing")
+def test_the_app_opens_on_the_sd4_student_with_its_own_edges_controlnet():
+    """``python app.py`` on a fresh clone: the SSD student with its tiny decoder, and the edges ControlNet
+    distilled for it (the Live tab opens on canny), not the first student's."""
+    from sdxs_core.studio import ModelHub
+
+    hub = ModelHub(search_dirs=[SD4.parent.parent], device="cpu")
+    hub.start(hub.default_model())
+    assert hub.model_key == "miniature-sd4-fast"
+    assert hub.controlnet_key == "assets/miniature/controlnet-edges-sd4"
