@@ -23,13 +23,15 @@ RUNS = ROOT / "runs" / "miniature"
 ASSETS = ROOT / "assets" / "miniature"
 
 
-def controlnet_rows(teacher: Path, student: Path, runs: Path, assets: Path, steps: int, cfg: float):
+def controlnet_rows(teacher: Path, student: Path, runs: Path, assets: Path, steps: int, cfg: float,
+                    suffix: str = ""):
     """(name, pipeline, controlnet, control_type, steps, cfg, decoder): teacher ControlNets from their
-    runs, student ControlNets from assets (what ships) or else their SSD runs; the student once with
-    its own tiny decoder (as shipped) and once decoded by the teacher's VAE (the decoder's share)."""
+    runs, student ControlNets from assets (what ships, ``controlnet-{kind}{suffix}``) or else their SSD
+    runs; the student once with its own tiny decoder (as shipped) and once decoded by the teacher's VAE
+    (the decoder's share)."""
     rows = []
     for kind in ("edges", "depth"):
-        shipped = assets / f"controlnet-{kind}"
+        shipped = assets / f"controlnet-{kind}{suffix}"
         controlnet = shipped if shipped.is_dir() else runs / f"controlnet_ssd_{kind}" / "final"
         rows.append((f"teacher + ControlNet ({kind})", teacher, runs / f"controlnet_teacher_{kind}" / "final", kind, steps, cfg, teacher))
         rows.append((f"one-step student + ControlNet ({kind})", student, controlnet, kind, 1, 0.0, student))
@@ -119,8 +121,10 @@ def main(argv=None):
     parser.add_argument("--student", type=Path, default=ASSETS / "sdxs", help="the one-step student pipeline")
     parser.add_argument("--runs", type=Path, default=RUNS)
     parser.add_argument("--assets", type=Path, default=ASSETS)
+    parser.add_argument("--suffix", default="",
+                        help="name ending of the shipped ControlNets and LoRA of this student, e.g. -sd4")
     parser.add_argument("--lora", type=Path, default=None,
-                        help="distilled style LoRA (default: assets/miniature/lora-pastel, else runs/miniature/lora_ssd/final)")
+                        help="distilled style LoRA (default: ASSETS/lora-pastel{suffix}, else RUNS/lora_ssd/final)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--n", type=int, default=256)
@@ -144,7 +148,7 @@ def main(argv=None):
     classifier, depth = load_classifier(), MiniatureDepth.load().estimate_batch
     cn_rows, skipped = [], []
     for name, pipeline, controlnet, kind, steps, cfg, decoder in controlnet_rows(args.teacher, args.student, args.runs,
-                                                                                  args.assets, args.steps, args.cfg):
+                                                                                  args.assets, args.steps, args.cfg, args.suffix):
         if not all((f / "model_index.json").is_file() for f in (pipeline, decoder)) or not (controlnet / "config.json").is_file():
             skipped.append(f"{name}: no model at {pipeline}, {decoder} or {controlnet}")
             continue
@@ -157,7 +161,7 @@ def main(argv=None):
                                                    "latency_ms", "latency_ms_batch1")},
                         "controlnet": os.path.relpath(controlnet.resolve(), ROOT)})
         print(f"{name}: edge F1 {result['edge_f1']}, depth corr {result['depth_correlation']}", flush=True)
-    lora = args.lora or next((p for p in (args.assets / "lora-pastel" / "pytorch_lora_weights.safetensors",
+    lora = args.lora or next((p for p in (args.assets / f"lora-pastel{args.suffix}" / "pytorch_lora_weights.safetensors",
                                           args.runs / "lora_ssd" / "final" / "pytorch_lora_weights.safetensors")
                               if p.is_file()), None)
     lora_result = []

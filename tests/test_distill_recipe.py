@@ -40,6 +40,16 @@ def test_bad_override_is_refused_by_name(capsys):
     assert "ssdd.max_steps=1" in capsys.readouterr().err
 
 
+def test_benchmark_controls_score_the_named_export_and_its_own_controls(tmp_path):
+    args = distill.benchmark_controls_args(tmp_path / "t", tmp_path / "runs", tmp_path / "assets", 64, "sdxs-sd4")
+    opts = dict(zip(args[::2], args[1::2]))
+    assert opts["--student"] == str(tmp_path / "assets" / "sdxs-sd4") and opts["--suffix"] == "-sd4"
+    assert opts["--out"].endswith("benchmarks/results/miniature_lora_controlnet_sd4.json")
+    plain = dict(zip(*[iter(distill.benchmark_controls_args(tmp_path, tmp_path, tmp_path / "a", 64, "sdxs"))] * 2))
+    assert plain["--student"] == str(tmp_path / "a" / "sdxs") and plain["--suffix"] == ""
+    assert distill.result_file("miniature_sdxs", "sdxs").name == "miniature_sdxs.json"
+
+
 def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     torch.set_num_threads(1)
     runs, assets = tmp_path / "runs", tmp_path / "assets"

@@ -33,6 +33,14 @@ def test_controlnet_rows_prefer_the_shipped_student_controlnet(tmp_path):
     assert vae[1:] == (tmp_path / "s", tmp_path / "assets" / "controlnet-depth", "depth", 1, 0.0, tmp_path / "t")
 
 
+def test_controlnet_rows_take_the_controlnets_of_the_named_student(tmp_path):
+    for name in ("controlnet-edges", "controlnet-edges-sd4"):
+        (tmp_path / "assets" / name).mkdir(parents=True)
+    rows = controlnet_rows(tmp_path / "t", tmp_path / "s", tmp_path / "runs", tmp_path / "assets", 25, 5.0, "-sd4")
+    students = {r[2] for r in rows if r[0].startswith("one-step student") and r[3] == "edges"}
+    assert students == {tmp_path / "assets" / "controlnet-edges-sd4"}  # never the other student's
+
+
 class RenderingEngine:
     """Draws each held-out prompt's true scene, pastel while a LoRA is loaded: a perfect style LoRA."""
 

@@ -17,7 +17,7 @@ Stages of the chain (the default), in order:
   ssd           Segmented Score Distillation (Alg. 1)       -> runs/miniature/ssd/final
   export        fp16 copy of the SSD student + tiny decoder -> assets/miniature/sdxs (--export-name,
                 --export-vae; parts identical to a shipped pipeline's, the teacher's first, become links)
-  benchmark     python -m benchmarks.miniature_sdxs         -> benchmarks/results/miniature_sdxs.json
+  benchmark     python -m benchmarks.miniature_sdxs         -> benchmarks/results/miniature_sdxs[_sd4].json
 
 ControlNet and style-LoRA stages (paper section 3.2; run after the chain, when named):
   controlnet_teacher_{edges,depth}  the teacher's ControlNet, trained the usual way
@@ -27,7 +27,9 @@ ControlNet and style-LoRA stages (paper section 3.2; run after the chain, when n
   decoder_student                   the tiny decoder continued on the student's own latents (text, the
                                     ControlNets, the LoRA); ``export`` then ships it with the student
   export_controls                   fp16 ControlNets + the LoRA -> assets/miniature/{controlnet-*,lora-pastel}
-  benchmark_controls                python -m benchmarks.miniature_lora_controlnet
+                                    (with --export-name sdxs-sd4: controlnet-edges-sd4, lora-pastel-sd4, ...)
+  benchmark_controls                python -m benchmarks.miniature_lora_controlnet on that export's student
+                                    and controls -> benchmarks/results/miniature_lora_controlnet[_sd4].json
 """
 
 import argparse
@@ -38,6 +40,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from trainers.core.config import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "trainers" / "configs"
@@ -156,6 +160,19 @@ def export_controls(runs: Path, assets: Path, suffix: str = "") -> list[str]:
     return written
 
 
+def result_file(stem: str, export_name: str) -> Path:
+    """Where a benchmark of this export writes: ``sdxs-sd4`` -> ``benchmarks/results/<stem>_sd4.json``."""
+    return ROOT / "benchmarks" / "results" / f"{stem}{export_name.removeprefix('sdxs').replace('-', '_')}.json"
+
+
+def benchmark_controls_args(teacher: Path, runs: Path, assets: Path, n_eval: int, export_name: str) -> list[str]:
+    """The ControlNet / LoRA benchmark on this export's student and the controls shipped beside it."""
+    return ["--teacher", str(teacher), "--student", str(assets / export_name), "--runs", str(runs),
+            "--assets", str(assets), "--suffix", export_name.removeprefix("sdxs"), "--n", str(n_eval),
+            "--threads", str(torch.get_num_threads()),
+            "--out", str(result_file("miniature_lora_controlnet", export_name))]
+
+
 def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eval: int, export_name: str = "sdxs",
         export_vae: Path | None = None) -> dict:
     from trainers.core.method import main as method_main
@@ -183,18 +200,17 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
             from benchmarks import miniature_sdxs
 
             miniature_sdxs.main(["--teacher", str(teacher), "--runs", str(runs), "--n", str(n_eval),
-                                 "--threads", str(torch.get_num_threads())])
+                                 "--threads", str(torch.get_num_threads()),
+                                 "--out", str(result_file("miniature_sdxs", export_name))])
         else:
             from benchmarks import miniature_lora_controlnet
 
-            miniature_lora_controlnet.main(["--teacher", str(teacher), "--student", str(assets / "sdxs"),
-                                            "--runs", str(runs), "--assets", str(assets), "--n", str(n_eval),
-                                            "--threads", str(torch.get_num_threads())])
+            miniature_lora_controlnet.main(benchmark_controls_args(teacher, runs, assets, n_eval, export_name))
         timings[stage] = round(time.time() - t0, 1)
         print(f"[{stage}] {timings[stage]:.0f} s", flush=True)
     times_file = runs / "distill_times.json"  # merged: a run of some stages keeps the others' times
     previous = json.loads(times_file.read_text()) if times_file.is_file() else {}
-    times_file.write_text(json.dumps({**previous, **timings}, indent=2))
+    atomic_write_text(times_file, json.dumps({**previous, **timings}, indent=2))
     return timings
 
 
