@@ -115,14 +115,14 @@ def markdown_tables(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=ASSETS / "teacher")
     parser.add_argument("--student", type=Path, default=ASSETS / "sdxs", help="the one-step student pipeline")
     parser.add_argument("--runs", type=Path, default=RUNS)
     parser.add_argument("--assets", type=Path, default=ASSETS)
     parser.add_argument("--suffix", default="",
-                        help="name ending of the shipped ControlNets and LoRA of this student, e.g. -sd4")
+                        help="name ending of the shipped ControlNets and LoRA of this student (--suffix=-sd4)")
     parser.add_argument("--lora", type=Path, default=None,
                         help="distilled style LoRA (default: ASSETS/lora-pastel{suffix}, else RUNS/lora_ssd/final)")
     parser.add_argument("--steps", type=int, default=25)
@@ -131,7 +131,11 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "miniature_lora_controlnet.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     import cv2
     import torch

@@ -41,12 +41,18 @@ def test_bad_override_is_refused_by_name(capsys):
 
 
 def test_benchmark_controls_score_the_named_export_and_its_own_controls(tmp_path):
-    args = distill.benchmark_controls_args(tmp_path / "t", tmp_path / "runs", tmp_path / "assets", 64, "sdxs-sd4")
-    opts = dict(zip(args[::2], args[1::2]))
-    assert opts["--student"] == str(tmp_path / "assets" / "sdxs-sd4") and opts["--suffix"] == "-sd4"
-    assert opts["--out"].endswith("benchmarks/results/miniature_lora_controlnet_sd4.json")
-    plain = dict(zip(*[iter(distill.benchmark_controls_args(tmp_path, tmp_path, tmp_path / "a", 64, "sdxs"))] * 2))
-    assert plain["--student"] == str(tmp_path / "a" / "sdxs") and plain["--suffix"] == ""
+    from benchmarks import miniature_lora_controlnet
+
+    seen = {}
+
+    def parse(argv):
+        seen.update(vars(miniature_lora_controlnet.build_parser().parse_args(argv)))
+
+    parse(distill.benchmark_controls_args(tmp_path / "t", tmp_path / "runs", tmp_path / "assets", 64, "sdxs-sd4"))
+    assert seen["student"] == tmp_path / "assets" / "sdxs-sd4" and seen["suffix"] == "-sd4"
+    assert str(seen["out"]).endswith("benchmarks/results/miniature_lora_controlnet_sd4.json")
+    parse(distill.benchmark_controls_args(tmp_path, tmp_path, tmp_path / "a", 64, "sdxs"))
+    assert seen["student"] == tmp_path / "a" / "sdxs" and seen["suffix"] == ""
     assert distill.result_file("miniature_sdxs", "sdxs").name == "miniature_sdxs.json"
 
 

@@ -168,7 +168,7 @@ def result_file(stem: str, export_name: str) -> Path:
 def benchmark_controls_args(teacher: Path, runs: Path, assets: Path, n_eval: int, export_name: str) -> list[str]:
     """The ControlNet / LoRA benchmark on this export's student and the controls shipped beside it."""
     return ["--teacher", str(teacher), "--student", str(assets / export_name), "--runs", str(runs),
-            "--assets", str(assets), "--suffix", export_name.removeprefix("sdxs"), "--n", str(n_eval),
+            "--assets", str(assets), f"--suffix={export_name.removeprefix('sdxs')}", "--n", str(n_eval),
             "--threads", str(torch.get_num_threads()),
             "--out", str(result_file("miniature_lora_controlnet", export_name))]
 
