@@ -160,15 +160,22 @@ def export_controls(runs: Path, assets: Path, suffix: str = "") -> list[str]:
     return written
 
 
+def export_suffix(export_name: str) -> str:
+    """What names this export's add-ons and results: ``sdxs-sd4`` -> ``-sd4`` (controlnet-edges-sd4, ...)."""
+    return export_name.removeprefix("sdxs")
+
+
 def result_file(stem: str, export_name: str) -> Path:
     """Where a benchmark of this export writes: ``sdxs-sd4`` -> ``benchmarks/results/<stem>_sd4.json``."""
-    return ROOT / "benchmarks" / "results" / f"{stem}{export_name.removeprefix('sdxs').replace('-', '_')}.json"
+    from benchmarks.miniature_teacher import RESULTS
+
+    return RESULTS / f"{stem}{export_suffix(export_name).replace('-', '_')}.json"
 
 
 def benchmark_controls_args(teacher: Path, runs: Path, assets: Path, n_eval: int, export_name: str) -> list[str]:
     """The ControlNet / LoRA benchmark on this export's student and the controls shipped beside it."""
     return ["--teacher", str(teacher), "--student", str(assets / export_name), "--runs", str(runs),
-            "--assets", str(assets), f"--suffix={export_name.removeprefix('sdxs')}", "--n", str(n_eval),
+            "--assets", str(assets), f"--suffix={export_suffix(export_name)}", "--n", str(n_eval),
             "--threads", str(torch.get_num_threads()),
             "--out", str(result_file("miniature_lora_controlnet", export_name))]
 
@@ -194,8 +201,7 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
                                  link_to=shipped)  # e.g. a second decoder: only the vae is new
             print(f"[export] {result}", flush=True)
         elif stage == "export_controls":
-            suffix = export_name.removeprefix("sdxs")  # sdxs-sd4: controlnet-edges-sd4, lora-pastel-sd4
-            print(f"[export_controls] {export_controls(runs, assets, suffix)}", flush=True)
+            print(f"[export_controls] {export_controls(runs, assets, export_suffix(export_name))}", flush=True)
         elif stage == "benchmark":
             from benchmarks import miniature_sdxs
 
