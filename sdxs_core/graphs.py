@@ -124,9 +124,12 @@ class GraphCache:
     @staticmethod
     def _trace(module: torch.nn.Module, inputs: tuple):
         """Freeze ``module`` for ``inputs``; its weights are moved to channels-last in place (the
-        values are unchanged, so eager calls of the same network still agree)."""
+        values are unchanged, so eager calls of the same network still agree). The move runs outside
+        inference mode: an inference-mode copy of a LoRA weight could never be toggled trainable
+        again, which PEFT does whenever an adapter's scale changes."""
         try:
-            module.to(memory_format=torch.channels_last)
+            with torch.inference_mode(False):
+                module.to(memory_format=torch.channels_last)
             with warnings.catch_warnings(), torch.no_grad():
                 # tracing's deprecation notice and its "treated as a constant" notes are expected:
                 # the constants are exactly what the cache key pins down

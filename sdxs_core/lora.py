@@ -118,7 +118,19 @@ def apply_lora(unet, source: str | os.PathLike, adapter_name: str) -> None:
             unet.delete_adapters(adapter_name)
             raise IncompatibleWeightsError(f"LoRA '{source}' has weights this U-Net cannot take: {result.unexpected_keys[:3]}")
         return
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import get_peft_model_state_dict
+
+    # One naming for every key: diffusers' loader judges the naming by the first key, so a file that
+    # mixes legacy "to_q.lora.down" with PEFT "conv1.lora_A" names would lose one half silently.
+    state = convert_unet_state_dict_to_peft(dict(state))
     # diffusers scales by network alphas only when keys carry their component prefix
     prefixed = {f"unet.{k}": v for k, v in state.items()}
     alphas = {f"unet.{k}": v for k, v in alphas.items()} if alphas else None
     unet.load_lora_adapter(prefixed, prefix="unet", network_alphas=alphas, adapter_name=adapter_name)
+    wanted = {k for k in state if _DOWN.match(k) or _UP.match(k)}
+    loaded = get_peft_model_state_dict(unet, adapter_name=adapter_name).keys()
+    if len(loaded) < len(wanted):
+        unet.delete_adapters(adapter_name)
+        raise IncompatibleWeightsError(f"LoRA '{source}': only {len(loaded)} of its {len(wanted)} weights could be "
+                                       f"placed in this U-Net; nothing was applied")

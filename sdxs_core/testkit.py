@@ -86,8 +86,13 @@ def write_tiny_controlnet(pipeline_dir: str | Path, out: str | Path, seed: int =
     return Path(out)
 
 
-def write_tiny_lora(pipeline_dir: str | Path, out: str | Path, rank: int = 4, seed: int = 2, fmt: str = "diffusers") -> Path:
-    """A random LoRA on the tiny U-Net's attention, saved as a diffusers file or a PEFT folder."""
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def write_tiny_lora(pipeline_dir: str | Path, out: str | Path, rank: int = 4, seed: int = 2, fmt: str = "diffusers",
+                    targets=ATTENTION) -> Path:
+    """A random LoRA on the tiny U-Net's ``targets``, saved as a diffusers file (through diffusers'
+    converter, as its training scripts save) or a PEFT folder."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
@@ -95,7 +100,7 @@ def write_tiny_lora(pipeline_dir: str | Path, out: str | Path, rank: int = 4, se
 
     unet = UNet2DConditionModel.from_pretrained(Path(pipeline_dir) / "unet")
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+                        target_modules=list(targets))
     torch.manual_seed(seed)  # before add_adapter: lora_A is drawn there
     unet.add_adapter(config)
     with torch.no_grad():

@@ -166,6 +166,31 @@ def test_lora_formats_agree_and_scale_and_unload(tiny_dir, tiny_lora_file, engin
     np.testing.assert_allclose(engine.generate("a", seed=3, output_type="np", **SIZE).images, with_lora, atol=1e-5)
 
 
+def test_a_lora_mixing_legacy_and_peft_names_loads_whole(tiny_dir, engine, tmp_path):
+    """diffusers' converter names attention pairs "lora.down" but conv pairs "lora_A", and diffusers'
+    own loader then drops the legacy half; the engine places every weight of such a file. A conv
+    (LoCon-style) LoRA's scale can change after a traced generation."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+    mixed = write_tiny_lora(tiny_dir, tmp_path / "mixed", targets=targets)
+    keys = load_file(str(mixed)).keys()
+    assert any(".lora.down." in k for k in keys) and any(".lora_A." in k for k in keys)
+    peft_dir = write_tiny_lora(tiny_dir, tmp_path / "peft", targets=targets, fmt="peft")
+    base = engine.generate("a", seed=3, output_type="np", **SIZE).images
+    engine.load_lora(mixed, adapter_name="mixed")
+    assert len(get_peft_model_state_dict(engine.unet, adapter_name="mixed")) == len(keys)
+    from_mixed = engine.generate("a", seed=3, output_type="np", **SIZE).images
+    engine.set_lora_scale("mixed", 0.0)  # after a traced call: conv LoRA weights must stay toggleable
+    np.testing.assert_allclose(engine.generate("a", seed=3, output_type="np", **SIZE).images, base, atol=1e-6)
+    engine.unload_lora("mixed")
+    engine.load_lora(peft_dir, adapter_name="peft")
+    np.testing.assert_allclose(engine.generate("a", seed=3, output_type="np", **SIZE).images, from_mixed, atol=1e-5)
+    engine.unload_lora("peft")
+    assert np.abs(from_mixed - base).max() > 1e-3
+
+
 def _write_kohya_copy(diffusers_file, out):
     """Rename a diffusers LoRA to kohya's sd-scripts naming (lora_unet_..., lora_down/up, alpha)."""
     from safetensors.torch import load_file, save_file

@@ -40,13 +40,21 @@ def style_lora(tiny_dir, tmp_path_factory):
     return write_tiny_lora(tiny_dir, tmp_path_factory.mktemp("lora") / "peft", fmt="peft")
 
 
-def test_lora_ssd_trains_only_the_student_lora_and_exports_an_engine_lora(tmp_path, tiny_dir, style_lora):
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+ALL_LAYERS = ATTENTION + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]  # LoCon-style
+
+
+@pytest.mark.parametrize("targets", [ATTENTION, ALL_LAYERS], ids=["attention", "attention+ff+conv"])
+def test_lora_ssd_trains_only_the_student_lora_and_exports_an_engine_lora(tmp_path, tiny_dir, style_lora, targets):
     from sdxs_core import load_engine
     from trainers.core.diffusion import NoiseSchedule, load_components, one_step
     from trainers.core.losses import unwrap
     from trainers.methods.lora_ssd import STYLE_ADAPTER, LoRASSD
 
-    out, method = run(LoRASSD, tiny_dir, tmp_path / "lora", style_lora=str(style_lora), lora_rank=2, lora_alpha=4.0)
+    out, method = run(LoRASSD, tiny_dir, tmp_path / "lora", style_lora=str(style_lora), lora_rank=2, lora_alpha=4.0,
+                      lora_targets=targets)
+    student_lora_modules = {n.split(".lora_A")[0] for n, _ in unwrap(method.nets["student"]).named_parameters() if ".lora_A" in n}
+    assert any(m.endswith("conv1") for m in student_lora_modules) == ("conv1" in targets)
     initial = load_components(tiny_dir, "cpu")["unet"].state_dict()
     student = unwrap(method.nets["student"])
     # the student: base weights bit-identical, its new LoRA trained
@@ -98,7 +106,7 @@ def test_lora_ssd_continues_its_own_lora_and_refuses_another_rank(tmp_path, tiny
     assert {f"unet.{k}" for k in again} == saved.keys()
     for k, v in again.items():
         torch.testing.assert_close(v, saved[f"unet.{k}"])
-    assert any(v.abs().sum() > 0 for k, v in again.items() if "lora.up" in k)  # B was trained: not a zero init
+    assert any(v.abs().sum() > 0 for k, v in again.items() if "lora_B" in k)  # B was trained: not a zero init
     # a LoRA of another rank is refused with the reason, not half-loaded
     other = LoRASSD(load_config(LoRASSD.config_cls, None, {**base, "lora_rank": 4, "lora_alpha": 4.0}).validate())
     with pytest.raises(IncompatibleWeightsError, match="rank 4"):

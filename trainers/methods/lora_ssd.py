@@ -108,16 +108,17 @@ def load_student_lora(unet, source: str, rank: int, alpha: float):
 
 
 def student_lora_state(unet, rank: int, alpha: float) -> dict[str, torch.Tensor]:
-    """The student LoRA in diffusers naming, with ``alpha / rank`` folded into B: a diffusers file
-    carries no alpha, and loaders then assume alpha = rank (scale 1)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The student LoRA in diffusers' PEFT naming (``<layer>.lora_A/B.weight``), with ``alpha / rank``
+    folded into B: a diffusers file carries no alpha, and loaders then assume alpha = rank (scale 1).
+    Not the legacy converter's naming: it renames attention layers only, and diffusers' loader drops
+    the legacy half of a file that mixes both (a LoRA on convs or feed-forwards)."""
     from peft.utils import get_peft_model_state_dict
 
     state = {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
     for k in state:
         if "lora_B" in k:
             state[k] *= alpha / rank
-    return convert_state_dict_to_diffusers(state)
+    return state
 
 
 class _LoRAFile:
