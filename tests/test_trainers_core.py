@@ -247,6 +247,13 @@ def test_resume_lands_on_the_exact_step(tmp_path, tiny_dir, pairs_file):
     assert (tmp_path / "cut" / "samples" / "step-000006.png").is_file()
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["resume"] == "latest"
 
+    # any checkpoint exports as a pipeline: resume from it with max_steps at its step (no step is taught)
+    seen = []
+    cfg = ssd_config(tiny_dir, tmp_path / "export", pairs_file, resume=str(tmp_path / "full" / "checkpoint-6"), max_steps=6)
+    train(cfg, SSD(cfg), on_step=seen.append)
+    exported = _student_weights(tmp_path / "export")
+    assert seen == [] and all(torch.equal(full[k], exported[k]) for k in full)
+
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_dir, pairs_file):
     from safetensors.torch import load_file
