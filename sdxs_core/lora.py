@@ -32,7 +32,7 @@ def read_lora(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict 
     """Return ``(unet_state_dict, network_alphas, peft_config)`` with keys relative to the U-Net.
 
     A PEFT folder (``adapter_config.json``) comes back with its config; diffusers and kohya files
-    are converted to diffusers naming by diffusers' own converter.
+    are converted by diffusers' own converters, to PEFT's ``lora_A`` / ``lora_B`` naming throughout.
     """
     path = Path(source).expanduser()
     if not path.exists():
@@ -62,7 +62,11 @@ def read_lora(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict 
     if not unet_state:
         raise NotAPipelineError(f"'{path}' holds no U-Net LoRA weights")
     alphas = {k.removeprefix("unet."): v for k, v in (alphas or {}).items() if k.startswith("unet.")} or None
-    return unet_state, alphas, None
+    # One naming for every key: diffusers' loader judges the naming by the first key, so a file that
+    # mixes legacy "to_q.lora.down" with PEFT "conv1.lora_A" names would lose one half silently.
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    return convert_unet_state_dict_to_peft(unet_state), alphas, None
 
 
 def check_lora_fits(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -118,12 +122,8 @@ def apply_lora(unet, source: str | os.PathLike, adapter_name: str) -> None:
             unet.delete_adapters(adapter_name)
             raise IncompatibleWeightsError(f"LoRA '{source}' has weights this U-Net cannot take: {result.unexpected_keys[:3]}")
         return
-    from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import get_peft_model_state_dict
 
-    # One naming for every key: diffusers' loader judges the naming by the first key, so a file that
-    # mixes legacy "to_q.lora.down" with PEFT "conv1.lora_A" names would lose one half silently.
-    state = convert_unet_state_dict_to_peft(dict(state))
     # diffusers scales by network alphas only when keys carry their component prefix
     prefixed = {f"unet.{k}": v for k, v in state.items()}
     alphas = {f"unet.{k}": v for k, v in alphas.items()} if alphas else None

@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 import torch
 
+from sdxs_core.testkit import ATTENTION
+
 SMALL = dict(batch_size=2, num_pairs=4, teacher_steps=2, num_prompts=8, max_steps=2, checkpoint_every=100,
              log_every=1, val_prompts=["a b"], lr=1e-3)
 
@@ -40,11 +42,10 @@ def style_lora(tiny_dir, tmp_path_factory):
     return write_tiny_lora(tiny_dir, tmp_path_factory.mktemp("lora") / "peft", fmt="peft")
 
 
-ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
-ALL_LAYERS = ATTENTION + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]  # LoCon-style
+ALL_LAYERS = [*ATTENTION, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]  # LoCon-style
 
 
-@pytest.mark.parametrize("targets", [ATTENTION, ALL_LAYERS], ids=["attention", "attention+ff+conv"])
+@pytest.mark.parametrize("targets", [list(ATTENTION), ALL_LAYERS], ids=["attention", "attention+ff+conv"])
 def test_lora_ssd_trains_only_the_student_lora_and_exports_an_engine_lora(tmp_path, tiny_dir, style_lora, targets):
     from sdxs_core import load_engine
     from trainers.core.diffusion import NoiseSchedule, load_components, one_step
