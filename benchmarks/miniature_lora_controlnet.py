@@ -24,18 +24,22 @@ ASSETS = ROOT / "assets" / "miniature"
 
 
 def controlnet_rows(teacher: Path, student: Path, runs: Path, assets: Path, steps: int, cfg: float,
-                    suffix: str = ""):
-    """(name, pipeline, controlnet, control_type, steps, cfg, decoder): teacher ControlNets from their
-    runs, student ControlNets from assets (what ships, ``controlnet-{kind}{suffix}``) or else their SSD
-    runs; the student once with its own tiny decoder (as shipped) and once decoded by the teacher's VAE
-    (the decoder's share)."""
+                    suffix: str = "", student_scales: tuple[float, ...] = (1.0,)):
+    """(name, pipeline, controlnet, control_type, steps, cfg, decoder, control_scale): teacher ControlNets
+    from their runs at scale 1, student ControlNets from assets (what ships, ``controlnet-{kind}{suffix}``)
+    or else their SSD runs, at each of ``student_scales``; the student once with its own tiny decoder (as
+    shipped) and once decoded by the teacher's VAE (the decoder's share)."""
     rows = []
     for kind in ("edges", "depth"):
         shipped = assets / f"controlnet-{kind}{suffix}"
         controlnet = shipped if shipped.is_dir() else runs / f"controlnet_ssd_{kind}" / "final"
-        rows.append((f"teacher + ControlNet ({kind})", teacher, runs / f"controlnet_teacher_{kind}" / "final", kind, steps, cfg, teacher))
-        rows.append((f"one-step student + ControlNet ({kind})", student, controlnet, kind, 1, 0.0, student))
-        rows.append((f"one-step student + ControlNet ({kind}), VAE decoder", student, controlnet, kind, 1, 0.0, teacher))
+        teacher_cn = runs / f"controlnet_teacher_{kind}" / "final"
+        rows.append((f"teacher + ControlNet ({kind})", teacher, teacher_cn, kind, steps, cfg, teacher, 1.0))
+        for scale in student_scales:
+            at = "" if scale == 1 else f", control scale {scale:g}"
+            name = f"one-step student + ControlNet ({kind})"
+            rows.append((f"{name}{at}", student, controlnet, kind, 1, 0.0, student, scale))
+            rows.append((f"{name}, VAE decoder{at}", student, controlnet, kind, 1, 0.0, teacher, scale))
     return rows
 
 
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="distilled style LoRA (default: ASSETS/lora-pastel{suffix}, else RUNS/lora_ssd/final)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--student-control-scales", type=float, nargs="+", default=[1.0],
+                        help="ControlNet conditioning scales of the student rows (the teacher's: 1)")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
@@ -151,16 +157,18 @@ def main(argv=None):
     start = time.perf_counter()
     classifier, depth = load_classifier(), MiniatureDepth.load().estimate_batch
     cn_rows, skipped = [], []
-    for name, pipeline, controlnet, kind, steps, cfg, decoder in controlnet_rows(args.teacher, args.student, args.runs,
-                                                                                  args.assets, args.steps, args.cfg, args.suffix):
+    for name, pipeline, controlnet, kind, steps, cfg, decoder, scale in controlnet_rows(
+            args.teacher, args.student, args.runs, args.assets, args.steps, args.cfg, args.suffix,
+            tuple(args.student_control_scales)):
         if not all((f / "model_index.json").is_file() for f in (pipeline, decoder)) or not (controlnet / "config.json").is_file():
             skipped.append(f"{name}: no model at {pipeline}, {decoder} or {controlnet}")
             continue
         engine = load_engine(pipeline, device="cpu") if decoder == pipeline else row_engine(pipeline, decoder)
         engine.set_controlnet(load_controlnet(controlnet, engine.device, engine.dtype))
-        result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, control_type=kind, depth_estimator=depth,
-                                classifier=classifier, name=name)
-        cn_rows.append({**{k: result[k] for k in ("model", "control_type", "nfe", "cfg", "edge_f1", "real_edge_f1",
+        result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, control_type=kind, control_scale=scale,
+                                depth_estimator=depth, classifier=classifier, name=name)
+        cn_rows.append({**{k: result[k] for k in ("model", "control_type", "control_scale", "nfe", "cfg", "edge_f1",
+                                                   "real_edge_f1",
                                                    "depth_correlation", "prompt_accuracy", "mfid", "real_vs_real_mfid",
                                                    "latency_ms", "latency_ms_batch1")},
                         "controlnet": os.path.relpath(controlnet.resolve(), ROOT)})

@@ -309,17 +309,32 @@ class OneStepEngine:
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
 
+    def check_init_latents(self, init_latents, strength, n, height, width, steps, cfg):
+        shape = (n, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if tuple(init_latents.shape) != shape:
+            raise ValueError(f"init_latents has shape {tuple(init_latents.shape)}; this call needs {shape}")
+        if steps == 1 and not cfg:
+            raise ValueError("init_latents (SDEdit) needs the multi-step sampler: num_inference_steps > 1")
+        if not 0 < strength <= 1 or int(steps * strength) < 1:
+            raise ValueError(f"strength={strength} must be in (0, 1] and leave at least one of the "
+                             f"{steps} steps (strength >= {1 / steps:.3g})")
+
     @torch.inference_mode()
     def generate(self, prompt: str | list[str], *, seed: int | list[int] | None = None,
                  num_images: int | None = None, height: int | None = None, width: int | None = None,
                  control_image: ImageLike | list[ImageLike] | None = None, control_scale: float = 1.0,
                  noise: torch.Tensor | None = None, fixed_noise: bool = False,
                  num_inference_steps: int = 1, guidance_scale: float = 0.0, negative_prompt: str = "",
+                 init_latents: torch.Tensor | None = None, strength: float = 1.0,
                  output_type: str = "pil") -> GenerationOutput:
         """Generate images. ``seed`` may be one int (image i gets ``seed + i``) or one per image;
         ``noise`` overrides seeds with explicit initial latents; ``fixed_noise`` reuses cached
         latents for the same seeds (the live loop). Without ``control_image`` an attached ControlNet
-        is skipped (plain text-to-image). Many steps / CFG are for teachers."""
+        is skipped (plain text-to-image). Many steps / CFG are for teachers.
+
+        ``init_latents`` + ``strength`` (multi-step only) is SDEdit: the sampler runs only its last
+        ``strength`` share of steps, from ``init_latents`` noised to that level with the seeds' (or
+        ``noise``'s) noise, so the image keeps their layout; LoRA-SSD restyles plain pairs with it."""
         timings = StageTimings()
         clock = _Stopwatch(timings, self.device)
         start = time.perf_counter()
@@ -340,11 +355,13 @@ class OneStepEngine:
         width = self.default_size if width is None else width
         self.check_inputs(prompts, seeds, height, width, control_image, num_inference_steps)
         seeds = [int(s) for s in seeds]
+        cfg = guidance_scale > 1.0
+        if init_latents is not None:
+            self.check_init_latents(init_latents, strength, n, height, width, num_inference_steps, cfg)
 
         # 2. encode prompt
         with clock("text_ms"):
             embeds = self.encode_prompt(prompts)
-        cfg = guidance_scale > 1.0
         if cfg:
             embeds = torch.cat([self.encode_prompt([negative_prompt] * n), embeds])
 
@@ -371,7 +388,7 @@ class OneStepEngine:
             latents = a * x + b * out
         else:
             latents = self._sample(latents, embeds, control, control_scale, num_inference_steps,
-                                   guidance_scale, cfg, generators, timings)
+                                   guidance_scale, cfg, generators, timings, init_latents, strength)
 
         # 5. decode
         if output_type == "latent":
@@ -383,13 +400,24 @@ class OneStepEngine:
         timings.total_ms = (time.perf_counter() - start) * 1e3
         return GenerationOutput(images=images, seeds=seeds, timings=timings)
 
-    def _sample(self, latents, embeds, control, control_scale, steps, guidance_scale, cfg, generators, timings):
-        """The general multi-step loop with the model's own scheduler (teachers, baselines)."""
+    def _sample(self, latents, embeds, control, control_scale, steps, guidance_scale, cfg, generators, timings,
+                init_latents=None, strength=1.0):
+        """The general multi-step loop with the model's own scheduler (teachers, baselines); from
+        ``init_latents`` it starts ``strength`` of the way (diffusers' img2img indexing)."""
         scheduler = copy.deepcopy(self.scheduler)  # schedulers are stateful; keep calls independent
         scheduler.set_timesteps(steps, device=self.device)
         step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        latents = latents * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
+        timesteps = scheduler.timesteps
+        if init_latents is None:
+            latents = latents * scheduler.init_noise_sigma
+        else:
+            skip = (steps - min(int(steps * strength), steps)) * scheduler.order
+            timesteps = timesteps[skip:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(skip)
+            start = timesteps[:1].repeat(len(latents))
+            latents = scheduler.add_noise(init_latents.to(self.device, self.dtype), latents, start)
+        for t in timesteps:
             x = torch.cat([latents] * 2) if cfg else latents
             x = scheduler.scale_model_input(x, t)
             out = self._denoise(x, t, embeds, control, control_scale, timings)

@@ -99,6 +99,8 @@ def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     assert sets["decoder_init"] == str(runs / "decoder" / "final") and sets["student"] == str(runs / "ssd" / "final")
     assert sets["student_controlnets"] == str([str(runs / f"controlnet_ssd_{k}" / "final") for k in ("edges", "depth")])
     assert sets["student_loras"] == str([str(runs / "lora_ssd" / "final")])
+    lora_sets = dict(a.split("=", 1) for a in distill.stage_args("lora_ssd", mid_teacher_dir, runs, [])[3::2])
+    assert lora_sets["plain_pair_cache"] == str(runs / "pairs.safetensors")  # restyling reuses the chain's plain pairs
     distill.run(("export",), mid_teacher_dir, runs, assets, TOY, n_eval=4)
     continued = load_file(next((runs / "decoder_student" / "final" / "vae").glob("*.safetensors")))
     shipped = load_file(next((assets / "sdxs" / "vae").glob("*.safetensors")))

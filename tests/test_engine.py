@@ -51,6 +51,33 @@ def test_controlnet_equals_diffusers(tiny_dir, tiny_controlnet_dir):
     assert np.abs(out.images - off.images).max() > 1e-3  # the control actually steers the image
 
 
+def test_sdedit_equals_diffusers_img2img(tiny_dir, engine):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    f = engine.vae_scale_factor
+    init = torch.randn(2, 4, 64 // f, 64 // f, generator=torch.Generator().manual_seed(0))
+    kw = dict(num_inference_steps=4, guidance_scale=4.0)
+    out = engine.generate(["a red circle", "a cat"], seed=[5, 6], init_latents=init, strength=0.5, output_type="np",
+                          **SIZE, **kw)
+    pipe = StableDiffusionImg2ImgPipeline(**_diffusers(tiny_dir).components)
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    ref = pipe(["a red circle", "a cat"], image=init, strength=0.5, generator=gens, output_type="np", **kw).images
+    np.testing.assert_allclose(out.images, ref, atol=1e-5)
+    full = engine.generate(["a red circle", "a cat"], seed=[5, 6], output_type="np", **SIZE, **kw)
+    assert np.abs(out.images - full.images).max() > 1e-3  # it started from init_latents, not from noise
+
+
+def test_sdedit_refuses_what_it_cannot_run(engine):
+    f = engine.vae_scale_factor
+    init = torch.zeros(1, 4, 64 // f, 64 // f)
+    with pytest.raises(ValueError, match="multi-step"):
+        engine.generate("a", seed=0, init_latents=init, strength=0.5, **SIZE)
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 4, 4\)"):
+        engine.generate("a", seed=0, init_latents=init[..., :4, :4], strength=0.5, num_inference_steps=4, **SIZE)
+    with pytest.raises(ValueError, match="at least one of the 4 steps"):
+        engine.generate("a", seed=0, init_latents=init, strength=0.1, num_inference_steps=4, **SIZE)
+
+
 def test_per_image_seeds_do_not_depend_on_batch(engine):
     batch = engine.generate(["a", "b", "c"], seed=[1, 2, 3], output_type="np", **SIZE).images
     alone = engine.generate("b", seed=2, output_type="np", **SIZE).images

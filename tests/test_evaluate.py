@@ -141,6 +141,10 @@ def test_evaluate_model_with_control(tiny_dir, tiny_controlnet_dir, classifier):
                                     classifier=classifier, latency_calls=1)
     assert edges["nfe"] == 4 and edges["diversity"] is None
     assert 0 <= edges["edge_f1"] <= 1 and edges["real_edge_f1"] > 0.9
+    off = evaluate.evaluate_model(engine, n=2, steps=2, cfg=2.0, seeds_per_prompt=1, control_type="edges",
+                                  control_scale=0.0, classifier=classifier, latency_calls=0)
+    assert (edges["control_scale"], off["control_scale"]) == (1.0, 0.0)
+    assert off["mfid"] != edges["mfid"]  # the scale reaches the ControlNet: other images
     grey = lambda images: images.astype(np.float32).mean(-1)  # noqa: E731  a stand-in depth estimator
     depth = evaluate.evaluate_model(engine, n=2, seeds_per_prompt=1, control_type="depth", depth_estimator=grey,
                                     classifier=classifier, latency_calls=1)

@@ -27,10 +27,20 @@ def test_controlnet_rows_prefer_the_shipped_student_controlnet(tmp_path):
     rows = {(r[0], r[3]): r for r in controlnet_rows(tmp_path / "t", tmp_path / "s", tmp_path / "runs", tmp_path / "assets", 25, 5.0)}
     assert rows[("one-step student + ControlNet (depth)", "depth")][2] == tmp_path / "assets" / "controlnet-depth"
     assert rows[("one-step student + ControlNet (edges)", "edges")][2] == tmp_path / "runs" / "controlnet_ssd_edges" / "final"
-    assert rows[("teacher + ControlNet (edges)", "edges")][4:] == (25, 5.0, tmp_path / "t")
-    assert rows[("one-step student + ControlNet (depth)", "depth")][4:] == (1, 0.0, tmp_path / "s")  # its tiny decoder
+    assert rows[("teacher + ControlNet (edges)", "edges")][4:] == (25, 5.0, tmp_path / "t", 1.0)
+    tiny = rows[("one-step student + ControlNet (depth)", "depth")]
+    assert tiny[4:] == (1, 0.0, tmp_path / "s", 1.0)  # its tiny decoder
     vae = rows[("one-step student + ControlNet (depth), VAE decoder", "depth")]
-    assert vae[1:] == (tmp_path / "s", tmp_path / "assets" / "controlnet-depth", "depth", 1, 0.0, tmp_path / "t")
+    assert vae[1:] == (tmp_path / "s", tmp_path / "assets" / "controlnet-depth", "depth", 1, 0.0, tmp_path / "t", 1.0)
+
+
+def test_controlnet_rows_add_student_rows_per_control_scale(tmp_path):
+    rows = controlnet_rows(tmp_path / "t", tmp_path / "s", tmp_path / "runs", tmp_path / "assets", 25, 5.0,
+                           student_scales=(1.0, 1.5))
+    scaled = {r[0]: r[7] for r in rows if r[3] == "edges" and r[7] != 1.0}
+    assert scaled == {"one-step student + ControlNet (edges), control scale 1.5": 1.5,
+                      "one-step student + ControlNet (edges), VAE decoder, control scale 1.5": 1.5}
+    assert [r[7] for r in rows if r[0].startswith("teacher")] == [1.0, 1.0]  # the teacher's reference stays at 1
 
 
 def test_controlnet_rows_take_the_controlnets_of_the_named_student(tmp_path):

@@ -140,6 +140,42 @@ def test_lora_ssd_without_teacher_lora_reduces_lambda_fm(tmp_path, tiny_dir, tin
     assert (tmp_path / "pairs.safetensors").is_file()  # plain pairs: shareable with the other methods
 
 
+def test_lora_ssd_restyles_plain_pairs_keeping_their_noise(tmp_path, tiny_dir, style_lora):
+    from sdxs_core import load_engine
+    from trainers.core.config import load_config
+    from trainers.core.diffusion import read_pairs
+    from trainers.methods.lora_ssd import LoRASSD
+
+    opts = {**SMALL, "teacher": str(tiny_dir), "run_dir": str(tmp_path), "style_lora": str(style_lora),
+            "teacher_steps": 4, "restyle_strength": 0.5}
+    method = LoRASSD(load_config(LoRASSD.config_cls, None, opts).validate())
+    method.setup(Accel())
+    plain, _ = read_pairs(tmp_path / "pairs.safetensors")  # made first: none existed
+    restyled, spec = read_pairs(tmp_path / "pairs-restyled.safetensors")
+    assert spec["strength"] == 0.5 and spec["plain"]["n"] == 4
+    # the same noise and prompts, the targets the LoRA teacher's SDEdit of the plain images
+    assert torch.equal(restyled["noise"], plain["noise"]) and restyled["prompts"] == plain["prompts"]
+    assert torch.equal(method.pairs["latents"], restyled["latents"])
+    engine = load_engine(tiny_dir, device="cpu", lora=style_lora)
+    side = plain["noise"].shape[-1] * engine.vae_scale_factor
+    want = engine.generate(plain["prompts"][:2], seed=[0, 1], noise=plain["noise"][:2], init_latents=plain["latents"][:2],
+                           strength=0.5, num_inference_steps=4, guidance_scale=method.config.teacher_guidance,
+                           height=side, width=side, output_type="latent").images
+    torch.testing.assert_close(restyled["latents"][:2], want, atol=1e-5, rtol=1e-5)
+    assert (restyled["latents"] - plain["latents"]).abs().max() > 1e-3
+    # cached: the same settings reuse the file; another strength remakes it
+    stamp = (tmp_path / "pairs-restyled.safetensors").stat().st_mtime_ns
+    LoRASSD(load_config(LoRASSD.config_cls, None, opts).validate()).setup(Accel())
+    assert (tmp_path / "pairs-restyled.safetensors").stat().st_mtime_ns == stamp
+    LoRASSD(load_config(LoRASSD.config_cls, None, {**opts, "restyle_strength": 0.75}).validate()).setup(Accel())
+    assert read_pairs(tmp_path / "pairs-restyled.safetensors")[1]["strength"] == 0.75
+    # more pairs than the plain cache holds, or restyling without the LoRA teacher: refused, with the reason
+    with pytest.raises(ValueError, match="holds 4 plain pairs; restyling needs 8"):
+        LoRASSD(load_config(LoRASSD.config_cls, None, {**opts, "num_pairs": 8}).validate()).setup(Accel())
+    with pytest.raises(ValueError, match="needs teacher_takes_lora"):
+        load_config(LoRASSD.config_cls, None, {**opts, "teacher_takes_lora": False}).validate()
+
+
 class Accel:  # just what Method.setup / batch read
     device, process_index, is_main_process = torch.device("cpu"), 0, True
 

@@ -109,19 +109,15 @@ def pair_cache(path: str | os.PathLike, teacher_dir: str, prompts: list[str], n:
 
     Returns ``{"noise": [N,4,h,w], "latents": [N,4,h,w], "prompts": list[str]}`` on the CPU.
     """
-    from safetensors.torch import load_file, safe_open, save_file
-
     path = Path(path)
     spec = dict(teacher=str(Path(teacher_dir).resolve()), n=n, steps=steps, guidance=guidance,
                 resolution=resolution, seed=seed, prompts=hashlib.sha1("\n".join(prompts).encode()).hexdigest())
     if lora:  # only then: caches made before this option existed stay valid
         spec.update(lora=str(Path(lora).resolve()), lora_scale=lora_scale)
     if path.is_file():
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        if json.loads(meta.get("spec", "{}")) == spec:
-            tensors = load_file(path)
-            return {"noise": tensors["noise"], "latents": tensors["latents"], "prompts": json.loads(meta["prompts"])}
+        pairs, found = read_pairs(path)
+        if found == spec:
+            return pairs
 
     from sdxs_core.engine import OneStepEngine
 
@@ -136,16 +132,75 @@ def pair_cache(path: str | os.PathLike, teacher_dir: str, prompts: list[str], n:
         noise = engine.make_noise([0] * len(p), resolution, resolution,
                                   generators=[torch.Generator("cpu").manual_seed(int(torch.randint(2**62, (1,), generator=g)))
                                               for _ in p])
-        out = engine.generate(p, noise=noise, num_inference_steps=steps, guidance_scale=guidance, output_type="latent")
+        out = engine.generate(p, seed=list(range(i, i + len(p))), noise=noise, num_inference_steps=steps,
+                              guidance_scale=guidance, output_type="latent")  # seeds: a stochastic sampler's step noise
         noise_all.append(noise.float().cpu())
         latents_all.append(out.images.float().cpu())
     tensors = {"noise": torch.cat(noise_all).contiguous(), "latents": torch.cat(latents_all).contiguous()}
+    _save_pairs(path, tensors, spec, chosen)
+    return {**tensors, "prompts": chosen}
+
+
+def read_pairs(path: str | os.PathLike) -> tuple[dict, dict]:
+    """A pair cache as written by ``pair_cache``: (pairs, its spec)."""
+    from safetensors.torch import load_file, safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    tensors = load_file(path)
+    pairs = {"noise": tensors["noise"], "latents": tensors["latents"], "prompts": json.loads(meta.get("prompts", "[]"))}
+    return pairs, json.loads(meta.get("spec", "{}"))
+
+
+def _save_pairs(path: Path, tensors: dict, spec: dict, prompts: list[str]) -> None:
+    """Atomically: a killed run leaves the old cache or none, never half a file."""
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     os.close(fd)
-    save_file(tensors, tmp, metadata={"spec": json.dumps(spec), "prompts": json.dumps(chosen)})
+    save_file(tensors, tmp, metadata={"spec": json.dumps(spec), "prompts": json.dumps(prompts)})
     os.replace(tmp, path)
-    return {**tensors, "prompts": chosen}
+
+
+def restyled_pair_cache(path: str | os.PathLike, plain_path: str | os.PathLike, n: int, teacher_dir: str, lora: str,
+                        lora_scale: float, strength: float, steps: int, guidance: float, device,
+                        batch: int = 16) -> dict:
+    """Styled pairs that keep the layout of plain ones: the first ``n`` pairs of the plain cache
+    ``plain_path``, each teacher image re-noised to ``strength`` with the pair's own noise and
+    denoised by the teacher with the style LoRA (SDEdit). The noise stays the pair's, so a student
+    LoRA that learns noise -> restyled image changes the look of the plain student's image, not its
+    scene (the LoRA teacher's own ODE from that noise often lands on another layout). Cached like
+    ``pair_cache``: remade when any setting, or the plain cache, changes.
+    """
+    plain, plain_spec = read_pairs(plain_path)
+    if len(plain["prompts"]) < n:
+        raise ValueError(f"{plain_path} holds {len(plain['prompts'])} plain pairs; restyling needs {n}")
+    path = Path(path)
+    spec = dict(plain=plain_spec, n=n, teacher=str(Path(teacher_dir).resolve()), lora=str(Path(lora).resolve()),
+                lora_scale=lora_scale, strength=strength, steps=steps, guidance=guidance)
+    if path.is_file():
+        pairs, found = read_pairs(path)
+        if found == spec:
+            return pairs
+
+    from sdxs_core.engine import OneStepEngine
+
+    engine = OneStepEngine(**load_components(teacher_dir, device))
+    engine.load_lora(lora, scale=lora_scale)
+    prompts, noise_all = plain["prompts"][:n], plain["noise"][:n]
+    side = noise_all.shape[-1] * engine.vae_scale_factor
+    latents = []
+    for i in tqdm(range(0, n, batch), desc=f"restyled pairs -> {path.name}", unit="batch", mininterval=10):
+        p = prompts[i:i + batch]  # seeds: the step noise of a stochastic sampler, pair i's own
+        out = engine.generate(p, seed=list(range(i, i + len(p))), noise=noise_all[i:i + batch],
+                              init_latents=plain["latents"][i:i + batch], strength=strength,
+                              num_inference_steps=steps, guidance_scale=guidance,
+                              height=side, width=side, output_type="latent")
+        latents.append(out.images.float().cpu())
+    tensors = {"noise": noise_all.contiguous(), "latents": torch.cat(latents).contiguous()}
+    _save_pairs(path, tensors, spec, prompts)
+    return {**tensors, "prompts": prompts}
 
 
 def one_step_scheduler(scheduler):

@@ -4,7 +4,10 @@
 Frozen:  the offline DM = the offline U-Net + the pretrained style LoRA (real score of the styled
          distribution); the teacher (its ODE pairs, sampled with the style LoRA when
          ``teacher_takes_lora``, are the FM targets; its plain down stages are the FM encoder); the
-         student's base weights; the text encoder.
+         student's base weights; the text encoder. With ``restyle_strength`` < 1 the FM targets are
+         the plain ODE pairs restyled by the LoRA teacher (SDEdit from each pair's own noise), targets
+         that keep the plain images' layouts where the LoRA teacher's own ODE often changes them (in
+         the miniature world this raised style, not layout consistency: see the README).
 Trained: a new PEFT LoRA on the one-step student (rank / alpha / targets configurable; B starts at
          zero, so training starts from the student itself: no FM warmup; ``lora_init`` continues one
          this method wrote instead); the online DM, a full copy of the offline U-Net *without* the
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.core.diffusion import load_components, pair_cache, write_pipeline_atomically
+from trainers.core.diffusion import load_components, pair_cache, restyled_pair_cache, write_pipeline_atomically
 from trainers.core.loop import Phase
 from trainers.core.losses import ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder
 from trainers.core.method import main
@@ -52,6 +55,11 @@ class LoRASSDConfig(SSDConfig):
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     lora_dropout: float = 0.0
     lora_init: str = ""  # a student LoRA this method wrote, to continue (same rank); "" = a new one (B = 0)
+    # < 1: FM targets keep the plain pairs' layouts: each plain teacher image restyled by SDEdit at this
+    # strength (its own noise); 1: the LoRA teacher's ODE from the noise (the paper's pairs)
+    restyle_strength: float = 1.0
+    plain_pair_cache: str = ""  # the plain ODE pairs to restyle ("" = run_dir/pairs.safetensors, made if missing)
+    restyled_pair_cache: str = ""  # where the restyled pairs are cached ("" = run_dir/pairs-restyled.safetensors)
 
     method = "lora_ssd"
 
@@ -65,6 +73,10 @@ class LoRASSDConfig(SSDConfig):
             e.append(f"lora_rank={self.lora_rank} must be >= 1, lora_alpha={self.lora_alpha} > 0, lora_targets non-empty")
         if not 0 < self.lambda_fm_scale_without_teacher_lora <= 1:
             e.append(f"lambda_fm_scale_without_teacher_lora={self.lambda_fm_scale_without_teacher_lora} must be in (0, 1]")
+        if not 0 < self.restyle_strength <= 1:
+            e.append(f"restyle_strength={self.restyle_strength} must be in (0, 1]")
+        elif self.restyle_strength < 1 and not self.teacher_takes_lora:
+            e.append("restyle_strength < 1 restyles with the teacher + style LoRA: it needs teacher_takes_lora: true")
         if self.lora_init and not Path(self.lora_init).exists():
             e.append(f"lora_init={self.lora_init!r} does not exist")
         return e
@@ -181,7 +193,23 @@ class LoRASSD(SSD):
                 Phase("student", student, self.student_loss, every=c.student_every)]
 
     def load_pairs(self, accelerator):
+        """The FM pairs: the LoRA teacher's ODE pairs, its restyled plain pairs (``restyle_strength`` < 1)
+        or, when the teacher cannot take the LoRA, the plain ones; made once by the main process."""
         c = self.config
+        if c.restyle_strength < 1:
+            plain = Path(c.plain_pair_cache or Path(c.run_dir) / "pairs.safetensors")
+            path = Path(c.restyled_pair_cache or Path(c.run_dir) / "pairs-restyled.safetensors")
+            plain_args = (plain, c.teacher, self.prompts, c.num_pairs, c.teacher_steps, c.teacher_guidance,
+                          self.resolution, c.seed, self.device)
+            args = (path, plain, c.num_pairs, c.teacher, c.style_lora, c.style_lora_scale, c.restyle_strength,
+                    c.teacher_steps, c.teacher_guidance, self.device)
+            if accelerator.is_main_process:
+                if not plain.is_file():
+                    pair_cache(*plain_args, batch=self.pair_batch())
+                restyled_pair_cache(*args, batch=self.pair_batch())
+            accelerator.wait_for_everyone()
+            self.pairs = restyled_pair_cache(*args)
+            return self.pairs
         default = "pairs-style.safetensors" if c.teacher_takes_lora else "pairs.safetensors"
         path = Path(c.pair_cache or Path(c.run_dir) / default)
         args = (path, c.teacher, self.prompts, c.num_pairs, c.teacher_steps, c.teacher_guidance, self.resolution,
@@ -197,7 +225,8 @@ class LoRASSD(SSD):
         c = self.config
         state = student_lora_state(nets["student"], c.lora_rank, c.lora_alpha)
         info = {**info, "teacher": c.teacher, "student": c.student, "style_lora": c.style_lora,
-                "teacher_takes_lora": c.teacher_takes_lora, "lora_init": c.lora_init, "rank": c.lora_rank,
+                "teacher_takes_lora": c.teacher_takes_lora, "restyle_strength": c.restyle_strength,
+                "lora_init": c.lora_init, "rank": c.lora_rank,
                 "alpha_baked_into_B": c.lora_alpha}
         return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
 

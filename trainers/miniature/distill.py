@@ -90,7 +90,8 @@ def _stage_sets(stage: str, runs: Path) -> tuple[str, dict]:
                        "student_loras": [str(p) for p in [runs / "lora_ssd" / "final"] if p.is_dir()]}
     if stage == "lora_ssd":
         return stage, {"student": student, "style_lora": runs / "lora_teacher" / "final" / "pytorch_lora_weights.safetensors",
-                       "pair_cache": runs / "pairs-pastel.safetensors"}
+                       "pair_cache": runs / "pairs-pastel.safetensors", "plain_pair_cache": runs / "pairs.safetensors",
+                       "restyled_pair_cache": runs / "pairs-restyled.safetensors"}
     return stage, {}
 
 

@@ -203,25 +203,25 @@ def read_images(classifier: WorldClassifier, images: np.ndarray, captions: list[
 
 
 # ---- the evaluation ------------------------------------------------------------------------------
-def _generate(engine, prompts, seeds, steps, cfg, controls, batch):
+def _generate(engine, prompts, seeds, steps, cfg, controls, batch, control_scale=1.0):
     """All images in batches; returns uint8 images and per-image stage times (ms)."""
     images, totals = [], dict.fromkeys(("text_ms", "control_ms", "unet_ms", "decode_ms", "total_ms"), 0.0)
     for s in range(0, len(prompts), batch):
         out = engine.generate(prompts[s : s + batch], seed=seeds[s : s + batch], num_inference_steps=steps,
                               guidance_scale=cfg, control_image=None if controls is None else controls[s : s + batch],
-                              output_type="np")
+                              control_scale=control_scale, output_type="np")
         images.append(to_uint8(out.images))
         for key in totals:
             totals[key] += getattr(out.timings, key)
     return np.concatenate(images), {k: v / len(prompts) for k, v in totals.items()}
 
 
-def _batch1_latency(engine, prompt, steps, cfg, control, calls):
+def _batch1_latency(engine, prompt, steps, cfg, control, calls, control_scale=1.0):
     """Median total_ms of `calls` single-image calls, after one warm-up."""
     times = []
     for i in range(calls + 1):
         out = engine.generate(prompt, seed=i, num_inference_steps=steps, guidance_scale=cfg,
-                              control_image=control, output_type="np")
+                              control_image=control, control_scale=control_scale, output_type="np")
         if i:
             times.append(out.timings.total_ms)
     return statistics.median(times) if times else None
@@ -236,6 +236,7 @@ def evaluate_model(
     seeds_per_prompt: int = 4,
     batch: int = 64,
     control_type: str | None = None,
+    control_scale: float = 1.0,
     depth_estimator: DepthEstimator | None = None,
     classifier: WorldClassifier | str | None = None,
     edge_tolerance: int = 1,
@@ -269,14 +270,16 @@ def evaluate_model(
     controls = control_maps(real_a, control_type) if control_type else None
 
     # 3. generate
-    images, per_image_ms = _generate(engine, prompts, seeds, steps, cfg, controls, batch)
-    batch1_ms = _batch1_latency(engine, prompts[0], steps, cfg, controls[0] if controls else None, latency_calls)
+    images, per_image_ms = _generate(engine, prompts, seeds, steps, cfg, controls, batch, control_scale)
+    batch1_ms = _batch1_latency(engine, prompts[0], steps, cfg, controls[0] if controls else None, latency_calls,
+                                control_scale)
 
     # 4. score
     generated, ref_a, ref_b = (read_images(classifier, x, prompts) for x in (images, real_a["images"], real_b["images"]))
     result = {
         "model": name or engine.name,
         "control_type": control_type,
+        "control_scale": control_scale if control_type else None,
         "steps": steps,
         "cfg": cfg,
         "nfe": steps * (2 if cfg > 1.0 else 1),  # the engine runs CFG (two U-Net passes) only above 1
@@ -355,7 +358,8 @@ def format_table(result: dict) -> str:
     ]
     head = (f"{result['model']}: {result['steps']} steps, CFG {result['cfg']:g} (NFE {result['nfe']}), "
             f"{result['n_images']} images = {result['n_prompts']} held-out prompts x {result['seeds_per_prompt']} seeds"
-            + (f", control {result['control_type']}" if result["control_type"] else ""))
+            + (f", control {result['control_type']} at scale {result['control_scale']:g}"
+               if result["control_type"] else ""))
     lines = [head, f"{'metric':<30} {'generated':>10} {'real':>10}"]
     lines += [f"{a:<30} {b:>10} {c:>10}" for a, b, c in rows]
     return "\n".join(lines)
@@ -366,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="diffusers pipeline folder (or preset)")
     parser.add_argument("--controlnet", help="ControlNet folder; needs --control-type")
     parser.add_argument("--control-type", choices=CONTROL_TYPES)
+    parser.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--cfg", type=float, default=0.0, help="guidance scale; CFG runs only above 1")
     parser.add_argument("--n", type=int, default=256, help="generated images")
@@ -393,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
 
         depth = MiniatureDepth.load().estimate_batch
     result = evaluate_model(engine, args.n, args.steps, args.cfg, seeds_per_prompt=args.seeds_per_prompt,
-                            batch=args.batch, control_type=args.control_type, classifier=args.classifier,
+                            batch=args.batch, control_type=args.control_type, control_scale=args.control_scale,
+                            classifier=args.classifier,
                             depth_estimator=depth, edge_tolerance=args.edge_tolerance, seed=args.seed,
                             name=args.name or args.model)
     print(format_table(result))
