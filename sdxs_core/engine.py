@@ -358,6 +358,8 @@ class OneStepEngine:
         cfg = guidance_scale > 1.0
         if init_latents is not None:
             self.check_init_latents(init_latents, strength, n, height, width, num_inference_steps, cfg)
+        elif strength != 1.0:
+            raise ValueError(f"strength={strength} is SDEdit's: pass init_latents with it")
 
         # 2. encode prompt
         with clock("text_ms"):

@@ -76,6 +76,8 @@ def test_sdedit_refuses_what_it_cannot_run(engine):
         engine.generate("a", seed=0, init_latents=init[..., :4, :4], strength=0.5, num_inference_steps=4, **SIZE)
     with pytest.raises(ValueError, match="at least one of the 4 steps"):
         engine.generate("a", seed=0, init_latents=init, strength=0.1, num_inference_steps=4, **SIZE)
+    with pytest.raises(ValueError, match="pass init_latents with it"):
+        engine.generate("a", seed=0, strength=0.5, num_inference_steps=4, **SIZE)
 
 
 def test_per_image_seeds_do_not_depend_on_batch(engine):

@@ -168,9 +168,9 @@ def restyled_pair_cache(path: str | os.PathLike, plain_path: str | os.PathLike, 
                         batch: int = 16) -> dict:
     """Styled pairs that keep the layout of plain ones: the first ``n`` pairs of the plain cache
     ``plain_path``, each teacher image re-noised to ``strength`` with the pair's own noise and
-    denoised by the teacher with the style LoRA (SDEdit). The noise stays the pair's, so a student
-    LoRA that learns noise -> restyled image changes the look of the plain student's image, not its
-    scene (the LoRA teacher's own ODE from that noise often lands on another layout). Cached like
+    denoised by the teacher with the style LoRA (SDEdit). The noise stays the pair's, so each target
+    differs from the plain one in look, not in scene (the LoRA teacher's own ODE from that noise
+    often lands on another layout). Cached like
     ``pair_cache``: remade when any setting, or the plain cache, changes.
     """
     plain, plain_spec = read_pairs(plain_path)
