@@ -168,9 +168,8 @@ def main(argv=None):
         result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, control_type=kind, control_scale=scale,
                                 depth_estimator=depth, classifier=classifier, name=name)
         cn_rows.append({**{k: result[k] for k in ("model", "control_type", "control_scale", "nfe", "cfg", "edge_f1",
-                                                   "real_edge_f1",
-                                                   "depth_correlation", "prompt_accuracy", "mfid", "real_vs_real_mfid",
-                                                   "latency_ms", "latency_ms_batch1")},
+                                                   "real_edge_f1", "depth_correlation", "prompt_accuracy", "mfid",
+                                                   "real_vs_real_mfid", "latency_ms", "latency_ms_batch1")},
                         "controlnet": os.path.relpath(controlnet.resolve(), ROOT)})
         print(f"{name}: edge F1 {result['edge_f1']}, depth corr {result['depth_correlation']}", flush=True)
     lora = args.lora or next((p for p in (args.assets / f"lora-pastel{args.suffix}" / "pytorch_lora_weights.safetensors",

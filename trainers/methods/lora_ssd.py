@@ -97,7 +97,6 @@ def load_student_lora(unet, source: str, rank: int, alpha: float):
     """Continue a distilled LoRA: put ``source`` (a file ``student_lora_state`` wrote, alpha / rank
     folded into B) into the student's trainable adapter, B unfolded again. Every adapter weight must
     come from the file, at this run's rank: a partial or other-rank LoRA is refused, not half-loaded."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
     from peft.utils import get_peft_model_state_dict
 
@@ -107,8 +106,7 @@ def load_student_lora(unet, source: str, rank: int, alpha: float):
     state, network_alphas, _ = read_lora(source)
     if network_alphas:
         raise IncompatibleWeightsError(f"lora_init '{source}' carries network alphas: continue a LoRA written by lora_ssd")
-    check_lora_fits(unet, state)
-    state = convert_unet_state_dict_to_peft(dict(state))
+    check_lora_fits(unet, state)  # read_lora gives PEFT names, the adapter's own
     want = get_peft_model_state_dict(unet)
     if state.keys() != want.keys() or any(state[k].shape != want[k].shape for k in want):
         ranks = sorted({v.shape[0] for k, v in state.items() if "lora_A" in k})

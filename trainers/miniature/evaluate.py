@@ -399,8 +399,8 @@ def main(argv: list[str] | None = None) -> None:
         depth = MiniatureDepth.load().estimate_batch
     result = evaluate_model(engine, args.n, args.steps, args.cfg, seeds_per_prompt=args.seeds_per_prompt,
                             batch=args.batch, control_type=args.control_type, control_scale=args.control_scale,
-                            classifier=args.classifier,
-                            depth_estimator=depth, edge_tolerance=args.edge_tolerance, seed=args.seed,
+                            classifier=args.classifier, depth_estimator=depth, edge_tolerance=args.edge_tolerance,
+                            seed=args.seed,
                             name=args.name or args.model)
     print(format_table(result))
     if args.json:
