@@ -3,6 +3,7 @@ few steps on tiny random models: what is frozen stays bit-identical, what is tra
 outputs load through the engine like any user LoRA / ControlNet."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -246,6 +247,9 @@ def test_controlnet_kd_then_ssd(tmp_path, cn_models):
     assert all(torch.equal(v, offline0[k]) for k, v in method.teacher["unet"].state_dict().items())
     assert any(not torch.equal(v, offline0[k]) for k, v in unwrap(method.nets["online_dm"]).state_dict().items())
     assert method.online_c.get_controlnet() is method.offline_c.get_controlnet() is method.teacher_cn
+    made = json.loads((out / "train_info.json").read_text())  # provenance: where it started, its fresh noise
+    assert (made["stage"], made["init"], made["fresh_noise_ratio"]) == ("ssd", str(kd_out), 0.5)
+    assert json.loads((kd_out / "train_info.json").read_text())["init"] is None
 
     # fresh noise: ratio 0 keeps the pair's noise, 1 replaces every input
     method.config.fresh_noise_ratio = 0.0

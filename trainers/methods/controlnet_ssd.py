@@ -301,10 +301,16 @@ class ControlNetSSD(SSD):
                                    output_type="np").images
 
     def export(self, out, nets, info):
+        """The folder's ``train_info.json`` names where the run started (``init``: its steps count from
+        there) and, for SSD, its fresh-noise share, so a shipped ControlNet says how it was made."""
         c = self.config
+        recipe = {"init": c.controlnet or None}
+        if c.stage == "ssd":
+            recipe["fresh_noise_ratio"] = c.fresh_noise_ratio
         return save_controlnet(nets["controlnet"], out, {**info, "stage": c.stage, "teacher": c.teacher,
                                                          "teacher_controlnet": c.teacher_controlnet, "student": c.student,
-                                                         "control_type": c.control_type, "control_source": c.control_source})
+                                                         "control_type": c.control_type, "control_source": c.control_source,
+                                                         **recipe})
 
 
 if __name__ == "__main__":
