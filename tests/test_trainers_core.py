@@ -215,7 +215,7 @@ def _student_weights(run_dir):
     return load_file(run_dir / "final" / "unet" / "diffusion_pytorch_model.safetensors")
 
 
-def test_resume_lands_on_the_exact_step(tmp_path, tiny_dir, pairs_file):
+def test_resume_lands_on_the_exact_step(tmp_path, tiny_dir, pairs_file, capsys):
     from trainers.core.loop import list_checkpoints, train
     from trainers.methods.ssd import SSD
 
@@ -253,6 +253,7 @@ def test_resume_lands_on_the_exact_step(tmp_path, tiny_dir, pairs_file):
     train(cfg, SSD(cfg), on_step=seen.append)
     exported = _student_weights(tmp_path / "export")
     assert seen == [] and all(torch.equal(full[k], exported[k]) for k in full)
+    assert "nothing to train: step 6" in capsys.readouterr().out  # said, not silent
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_dir, pairs_file):

@@ -187,6 +187,10 @@ def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = N
 
     modules = [p.module for p in phases]
     method.progress = progress(step)
+    if start and method.progress >= 1.0:  # a checkpoint export, or a resume that forgot to raise the budget
+        accelerator.print(f"nothing to train: step {start} (after {seconds_before / 60:.1f} min) already reaches "
+                          f"max_steps={config.max_steps} / max_minutes={config.max_minutes:g}; the output is that "
+                          "checkpoint's weights (raise max_steps or max_minutes to train on)")
     while method.progress < 1.0:
         logs: dict[str, float] = {}
         for micro in range(config.gradient_accumulation_steps):
