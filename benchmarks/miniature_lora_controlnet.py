@@ -5,7 +5,10 @@ ControlNet rows (per control type, edges and depth): the teacher with its Contro
 renders of the held-out prompts, so edge F1 and depth correlation measure how well the output
 follows them. LoRA rows: the one-step student without and with the distilled style LoRA: style
 accuracy (share of images the classifier reads as the LoRA's style) and layout consistency (same
-prompt and noise, LoRA off vs on: the share of images whose objects keep every attribute).
+prompt and noise, LoRA off vs on: the share of images whose objects keep every attribute), which layout
+parts the LoRA changed (count, shapes, colours, placement), at each of ``--lora-scales``; and the
+consistency of a decoder swap alone: the same student latents through the tiny decoder vs the VAE, no
+LoRA, i.e. what a small change of the image costs where the classifier's reading is borderline.
 
     python -m benchmarks.miniature_lora_controlnet --n 256
 
@@ -51,54 +54,78 @@ def style_share(classifier, images, style: str) -> float:
     return sum(p.style == style for p in predict_attributes(classifier, to_uint8(images))) / len(images)
 
 
-def layout_consistency(classifier, off, on) -> float:
-    """Share of image pairs (LoRA off / on, same prompt and noise) whose objects agree in count,
-    shape, colour and position/relation: a style LoRA should change the look, not the scene."""
+LAYOUT_PARTS = ("count", "shapes", "colours", "placement")
+
+
+def _layout(spec) -> dict:
+    """What a style must not change, per part: object count, shapes and colours in canonical order, and
+    where the objects are (one object's position, two objects' relation)."""
+    spec = spec.canonical()
+    return {"count": len(spec.objects), "shapes": [o.shape for o in spec.objects],
+            "colours": [o.colour for o in spec.objects], "placement": (spec.position, spec.relation)}
+
+
+def layout_changes(classifier, off, on) -> dict[str, float]:
+    """Per layout part, the share of image pairs (LoRA off / on, same prompt and noise) read differently;
+    ``any``: the pairs with at least one part changed (1 - layout consistency)."""
     from trainers.miniature.classifier import predict_attributes
     from trainers.miniature.evaluate import to_uint8
 
-    same = 0
+    changed = {part: 0 for part in (*LAYOUT_PARTS, "any")}
     for a, b in zip(predict_attributes(classifier, to_uint8(off)), predict_attributes(classifier, to_uint8(on))):
-        a, b = a.canonical(), b.canonical()
-        same += [(o.shape, o.colour) for o in a.objects] == [(o.shape, o.colour) for o in b.objects] \
-            and (a.position, a.relation) == (b.position, b.relation)
-    return same / len(off)
+        a, b = _layout(a), _layout(b)
+        for part in LAYOUT_PARTS:
+            changed[part] += a[part] != b[part]
+        changed["any"] += a != b
+    return {part: v / len(off) for part, v in changed.items()}
 
 
-def lora_rows(engine, lora: Path, classifier, n: int, scale: float = 1.0, style: str = "pastel", batch: int = 64,
-              steps: int = 1, cfg: float = 0.0, label: str = "one-step student") -> list[dict]:
-    """A model with the LoRA off and on, on the same held-out prompts and seeds."""
+def layout_consistency(classifier, off, on) -> float:
+    """Share of image pairs (LoRA off / on, same prompt and noise) whose objects agree in count,
+    shape, colour and position/relation: a style LoRA should change the look, not the scene."""
+    return 1.0 - layout_changes(classifier, off, on)["any"]
+
+
+def generate_images(engine, prompts: list[str], seeds: list[int], batch: int, steps: int, cfg: float):
+    """(images, ms per image) for prompt i at seed i."""
     import numpy as np
 
+    images, ms = [], 0.0
+    for s in range(0, len(prompts), batch):
+        out = engine.generate(prompts[s:s + batch], seed=seeds[s:s + batch], num_inference_steps=steps,
+                              guidance_scale=cfg, output_type="np")
+        images.append(out.images)
+        ms += out.timings.total_ms
+    return np.concatenate(images), ms / len(prompts)
+
+
+def lora_rows(engine, lora: Path, classifier, n: int, scales: tuple[float, ...] = (1.0,), style: str = "pastel",
+              batch: int = 64, steps: int = 1, cfg: float = 0.0, label: str = "one-step student"):
+    """A model with the LoRA off and on (at each of ``scales``), on the same held-out prompts and seeds.
+    Returns the rows and the LoRA-off images (for the decoder swap)."""
     from trainers.miniature import world
     from trainers.miniature.evaluate import read_images
 
-    prompts = [p for p in world.eval_prompts(n // 4) for _ in range(4)]
-    seeds = list(range(n))
-
-    def generate():
-        images, ms = [], 0.0
-        for s in range(0, n, batch):
-            out = engine.generate(prompts[s:s + batch], seed=seeds[s:s + batch], num_inference_steps=steps,
-                                  guidance_scale=cfg, output_type="np")
-            images.append(out.images)
-            ms += out.timings.total_ms
-        return np.concatenate(images), ms / n
-
-    off, off_ms = generate()
-    name = engine.load_lora(str(lora), scale=scale)
-    on, on_ms = generate()
-    engine.unload_lora(name)
-    rows = []
+    prompts, seeds = [p for p in world.eval_prompts(n // 4) for _ in range(4)], list(range(n))
     nfe = steps * (2 if cfg > 1 else 1)
-    for name, images, ms in ((label, off, off_ms), (f"{label} + style LoRA ({scale:g})", on, on_ms)):
+
+    def row(name, images, ms):
         read = read_images(classifier, images, prompts)
-        rows.append({"model": name, "nfe": nfe, "cfg": cfg, "style_accuracy": style_share(classifier, images, style),
-                     "prompt_accuracy": read["prompt_accuracy"], "attribute_accuracy": read["attribute_accuracy"],
-                     "latency_ms": ms})
-    rows[1]["layout_consistency"] = layout_consistency(classifier, off, on)
-    rows[1]["lora"] = os.path.relpath(lora.resolve(), ROOT)
-    return rows
+        return {"model": name, "nfe": nfe, "cfg": cfg, "style_accuracy": style_share(classifier, images, style),
+                "prompt_accuracy": read["prompt_accuracy"], "attribute_accuracy": read["attribute_accuracy"],
+                "latency_ms": ms}
+
+    off, off_ms = generate_images(engine, prompts, seeds, batch, steps, cfg)
+    rows = [row(label, off, off_ms)]
+    for scale in scales:
+        name = engine.load_lora(str(lora), scale=scale)
+        on, on_ms = generate_images(engine, prompts, seeds, batch, steps, cfg)
+        engine.unload_lora(name)
+        changes = layout_changes(classifier, off, on)
+        rows.append({**row(f"{label} + style LoRA ({scale:g})", on, on_ms), "lora_scale": scale,
+                     "layout_consistency": 1.0 - changes["any"], "layout_changes": changes,
+                     "lora": os.path.relpath(lora.resolve(), ROOT)})
+    return rows, off
 
 
 def markdown_tables(report: dict) -> str:
@@ -110,12 +137,16 @@ def markdown_tables(report: dict) -> str:
         lines.append(f"| {r['model']} | {r['control_type']} | {r['nfe']} | {f1} | {dc} | {r['prompt_accuracy']:.1%} | "
                      f"{r['mfid']:.1f} | {r['latency_ms']:.1f} |")
     if report["lora_rows"]:
-        lines += ["", "| model | NFE | style accuracy | layout consistency | prompt acc. | ms/image |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "| model | NFE | style accuracy | layout consistency | changed: count / shapes / colours / placement "
+                  "| prompt acc. | ms/image |", "|---|---:|---:|---:|---:|---:|---:|"]
         for r in report["lora_rows"]:
             lc = f"{r['layout_consistency']:.1%}" if "layout_consistency" in r else "-"
-            lines.append(f"| {r['model']} | {r['nfe']} | {r['style_accuracy']:.1%} | {lc} | {r['prompt_accuracy']:.1%} | "
-                         f"{r['latency_ms']:.1f} |")
+            ch = " / ".join(f"{r['layout_changes'][p]:.1%}" for p in LAYOUT_PARTS) if "layout_changes" in r else "-"
+            lines.append(f"| {r['model']} | {r['nfe']} | {r['style_accuracy']:.1%} | {lc} | {ch} | "
+                         f"{r['prompt_accuracy']:.1%} | {r['latency_ms']:.1f} |")
+    if report.get("decoder_swap_consistency") is not None:
+        lines += ["", "Layout consistency of a decoder swap alone (no LoRA; the student's same latents through its tiny "
+                      f"decoder vs the VAE): {report['decoder_swap_consistency']:.1%}"]
     return "\n".join(lines)
 
 
@@ -133,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--student-control-scales", type=float, nargs="+", default=[1.0],
                         help="ControlNet conditioning scales of the student rows (the teacher's: 1)")
+    parser.add_argument("--lora-scales", type=float, nargs="+", default=[1.0],
+                        help="LoRA scales of the student's LoRA rows (the teacher's LoRA: 1)")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
@@ -175,21 +208,26 @@ def main(argv=None):
     lora = args.lora or next((p for p in (args.assets / f"lora-pastel{args.suffix}" / "pytorch_lora_weights.safetensors",
                                           args.runs / "lora_ssd" / "final" / "pytorch_lora_weights.safetensors")
                               if p.is_file()), None)
-    lora_result = []
+    lora_result, decoder_swap_consistency = [], None
     if lora is None or not (args.student / "model_index.json").is_file():
         skipped.append("style LoRA rows: no distilled LoRA or no student")
     else:
         teacher_lora = args.runs / "lora_teacher" / "final" / "pytorch_lora_weights.safetensors"
         if teacher_lora.is_file() and (args.teacher / "model_index.json").is_file():
             lora_result += lora_rows(load_engine(args.teacher, device="cpu"), teacher_lora, classifier, args.n,
-                                     batch=args.batch, steps=args.steps, cfg=args.cfg, label="teacher")
+                                     batch=args.batch, steps=args.steps, cfg=args.cfg, label="teacher")[0]
         else:
             skipped.append(f"teacher style LoRA rows: no LoRA at {teacher_lora} or no teacher")
-        lora_result += lora_rows(load_engine(args.student, device="cpu"), lora, classifier, args.n, batch=args.batch)
+        tiny, tiny_off = lora_rows(load_engine(args.student, device="cpu"), lora, classifier, args.n,
+                                   tuple(args.lora_scales), batch=args.batch)
+        lora_result += tiny
         if (args.teacher / "model_index.json").is_file():
-            lora_result += lora_rows(row_engine(args.student, args.teacher), lora, classifier, args.n, batch=args.batch,
-                                     label="one-step student, VAE decoder")
-    report = {"n_images": args.n, "controlnet_rows": cn_rows, "lora_rows": lora_result, "skipped": skipped,
+            vae, vae_off = lora_rows(row_engine(args.student, args.teacher), lora, classifier, args.n,
+                                     tuple(args.lora_scales), batch=args.batch, label="one-step student, VAE decoder")
+            lora_result += vae
+            decoder_swap_consistency = layout_consistency(classifier, tiny_off, vae_off)
+    report = {"n_images": args.n, "controlnet_rows": cn_rows, "lora_rows": lora_result,
+              "decoder_swap_consistency": decoder_swap_consistency, "skipped": skipped,
               "threads": args.threads, "wall_seconds": round(time.perf_counter() - start, 1)}
     print()
     print(markdown_tables(report))

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from benchmarks.miniature_lora_controlnet import controlnet_rows, layout_consistency, lora_rows, style_share
+from benchmarks.miniature_lora_controlnet import (controlnet_rows, layout_changes, layout_consistency, lora_rows,
+                                                  markdown_tables, style_share)
 from trainers.miniature import world
 from trainers.miniature.classifier import load_classifier
 
@@ -20,6 +21,18 @@ def test_style_and_layout_measures_read_real_renders():
     assert layout_consistency(classifier, plain, pastel) > 0.85  # same scenes, other style
     shuffled = np.roll(pastel, 1, axis=0)  # other scenes: objects disagree
     assert layout_consistency(classifier, plain, shuffled) < 0.2
+
+
+def test_layout_changes_name_the_part_that_changed():
+    classifier = load_classifier()
+    specs, appearance = world.sample_specs(5, 64, "plain", "eval")
+    plain = world.render_specs(specs, appearance)["images"]
+    shapes = list(world.SHAPES)
+    reshaped = [replace(s, style="pastel", objects=tuple(replace(o, shape=shapes[(shapes.index(o.shape) + 1) % len(shapes)])
+                                                         for o in s.objects)) for s in specs]
+    changes = layout_changes(classifier, plain, world.render_specs(reshaped, appearance)["images"])
+    assert changes["shapes"] > 0.8 and changes["any"] >= changes["shapes"]
+    assert changes["count"] < 0.1 and changes["colours"] < 0.2 and changes["placement"] < 0.2
 
 
 def test_controlnet_rows_prefer_the_shipped_student_controlnet(tmp_path):
@@ -78,11 +91,17 @@ class RenderingEngine:
 def test_lora_rows_score_a_model_with_the_lora_off_and_on():
     n = 32
     engine = RenderingEngine(n // 4)
-    off, on = lora_rows(engine, Path("lora.safetensors"), load_classifier(), n, batch=16, steps=25, cfg=5.0, label="teacher")
-    assert engine.calls == [(16, 25, 5.0)] * 4 and engine.lora is None  # both passes at the given steps; LoRA unloaded
-    assert (off["model"], on["model"]) == ("teacher", "teacher + style LoRA (1)")
+    (off, on, half), off_images = lora_rows(engine, Path("lora.safetensors"), load_classifier(), n, scales=(1.0, 0.5),
+                                            batch=16, steps=25, cfg=5.0, label="teacher")
+    assert engine.calls == [(16, 25, 5.0)] * 6 and engine.lora is None  # off, then on per scale; LoRA unloaded
+    assert (off["model"], on["model"], half["model"]) == ("teacher", "teacher + style LoRA (1)", "teacher + style LoRA (0.5)")
+    assert (on["lora_scale"], half["lora_scale"]) == (1.0, 0.5) and off_images.shape == (n, 64, 64, 3)
     assert off["nfe"] == on["nfe"] == 50 and on["cfg"] == 5.0
     assert off["style_accuracy"] < 0.1 and on["style_accuracy"] > 0.9
     assert on["layout_consistency"] > 0.85 and "layout_consistency" not in off
+    assert on["layout_changes"]["any"] == 1 - on["layout_consistency"]
     assert off["prompt_accuracy"] > 0.8 and on["prompt_accuracy"] > 0.8
     assert off["latency_ms"] == on["latency_ms"] == 2.0
+    table = markdown_tables({"controlnet_rows": [], "lora_rows": [off, on], "decoder_swap_consistency": 0.754})
+    assert "decoder swap" in table and "75.4%" in table
+    assert f"{on['layout_changes']['shapes']:.1%} / {on['layout_changes']['colours']:.1%}" in table

@@ -97,8 +97,11 @@ def test_lora_ssd_continues_its_own_lora_and_refuses_another_rank(tmp_path, tiny
     from trainers.core.losses import unwrap
     from trainers.methods.lora_ssd import LoRASSD, student_lora_state
 
-    out, _ = run(LoRASSD, tiny_dir, tmp_path / "first", style_lora=str(style_lora), lora_rank=2, lora_alpha=4.0)
+    out, _ = run(LoRASSD, tiny_dir, tmp_path / "first", style_lora=str(style_lora), lora_rank=2, lora_alpha=4.0,
+                 fresh_ratio=0.5)
     saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    made = json.loads((out / "train_info.json").read_text())  # provenance: where it started, its fresh noise
+    assert (made["lora_init"], made["fresh_ratio"], made["rank"]) == ("", 0.5, 2)
     base = {**SMALL, "teacher": str(tiny_dir), "run_dir": str(tmp_path / "second"), "style_lora": str(style_lora),
             "pair_cache": str(tmp_path / "first" / "pairs-style.safetensors"), "lora_init": str(out)}
     method = LoRASSD(load_config(LoRASSD.config_cls, None, {**base, "lora_rank": 2, "lora_alpha": 4.0}).validate())

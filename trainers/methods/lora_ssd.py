@@ -224,7 +224,7 @@ class LoRASSD(SSD):
         state = student_lora_state(nets["student"], c.lora_rank, c.lora_alpha)
         info = {**info, "teacher": c.teacher, "student": c.student, "style_lora": c.style_lora,
                 "teacher_takes_lora": c.teacher_takes_lora, "restyle_strength": c.restyle_strength,
-                "lora_init": c.lora_init, "rank": c.lora_rank,
+                "lora_init": c.lora_init, "fresh_ratio": c.fresh_ratio, "rank": c.lora_rank,
                 "alpha_baked_into_B": c.lora_alpha}
         return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
 
