@@ -135,6 +135,30 @@ def test_gradient_l1_charges_a_blurred_thin_line_far_more_than_pixel_l1():
     assert pred.grad[..., 7:10].abs().sum() > 0
 
 
+def test_local_structure_ignores_a_restyle_but_not_a_moved_or_reshaped_object():
+    """The layout-keeping measure: a square made lighter, lower-contrast or light-on-dark keeps it at 1;
+    the same square moved by 3 px, or a diamond in its place, does not."""
+    from trainers.core.losses import local_structure
+
+    def scene(shape="square", dx=0):
+        y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+        inside = (abs(x - 16 - dx) <= 6) & (abs(y - 16) <= 6) if shape == "square" else abs(x - 16 - dx) + abs(y - 16) <= 8
+        return torch.where(inside, 0.2, 0.7)[None, None]
+
+    plain = scene()
+    assert local_structure(plain, plain.clone()).item() == pytest.approx(1.0, abs=1e-3)
+    for restyled in (0.5 * plain + 0.4, 1 - plain, plain + 0.2):
+        assert local_structure(restyled, plain).item() > 0.99
+    moved, reshaped = local_structure(scene(dx=3), plain).item(), local_structure(scene("diamond"), plain).item()
+    assert moved < 0.95 and reshaped < 0.95
+    image = scene(dx=3).requires_grad_()
+    (1 - local_structure(image, plain)).sum().backward()
+    assert image.grad.abs().sum() > 0  # a usable training signal
+    flat = scene().requires_grad_()  # flat regions (zero local variance) must not give a NaN gradient
+    (1 - local_structure(flat, plain)).sum().backward()
+    assert torch.isfinite(flat.grad).all()
+
+
 def test_fm_loss_zero_for_identical_and_positive_otherwise(tiny_parts):
     from trainers.core.losses import SSIMFeatureLoss, UNetEncoder
 

@@ -101,7 +101,8 @@ def test_lora_ssd_continues_its_own_lora_and_refuses_another_rank(tmp_path, tiny
                  fresh_ratio=0.5)
     saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
     made = json.loads((out / "train_info.json").read_text())  # provenance: where it started, its fresh noise
-    assert (made["lora_init"], made["fresh_ratio"], made["rank"]) == ("", 0.5, 2)
+    assert (made["lora_init"], made["fresh_ratio"], made["rank"], made["lambda_layout"]) == ("", 0.5, 2, 0.0)
+    assert (made["alpha_start"], made["alpha_end"]) == (0.9, 0.5)  # the score segment it was trained on
     base = {**SMALL, "teacher": str(tiny_dir), "run_dir": str(tmp_path / "second"), "style_lora": str(style_lora),
             "pair_cache": str(tmp_path / "first" / "pairs-style.safetensors"), "lora_init": str(out)}
     method = LoRASSD(load_config(LoRASSD.config_cls, None, {**base, "lora_rank": 2, "lora_alpha": 4.0}).validate())
@@ -178,6 +179,53 @@ def test_lora_ssd_restyles_plain_pairs_keeping_their_noise(tmp_path, tiny_dir, s
         LoRASSD(load_config(LoRASSD.config_cls, None, {**opts, "num_pairs": 8}).validate()).setup(Accel())
     with pytest.raises(ValueError, match="needs teacher_takes_lora"):
         load_config(LoRASSD.config_cls, None, {**opts, "teacher_takes_lora": False}).validate()
+
+
+def test_lora_ssd_layout_term_pulls_the_styled_sample_toward_the_plain_one(tmp_path, tiny_dir, style_lora):
+    from trainers.core.config import load_config
+    from trainers.core.losses import unwrap
+    from trainers.methods.lora_ssd import LoRASSD, adapters_off
+
+    out, _ = run(LoRASSD, tiny_dir, tmp_path / "first", style_lora=str(style_lora), lora_rank=2, lora_alpha=4.0,
+                 lr=5e-2)
+    opts = {**SMALL, "teacher": str(tiny_dir), "style_lora": str(style_lora), "lora_rank": 2, "lora_alpha": 4.0,
+            "pair_cache": str(tmp_path / "first" / "pairs-style.safetensors"), "lambda_layout": 3.0}
+    fresh = LoRASSD(load_config(LoRASSD.config_cls, None, {**opts, "run_dir": str(tmp_path / "new")}).validate())
+    fresh.setup(Accel())
+    assert fresh.student_loss(fresh.batch(0, 0, Accel()), 0)[1]["layout"] < 1e-4  # B = 0: the plain student itself
+    method = LoRASSD(load_config(LoRASSD.config_cls, None, {**opts, "run_dir": str(tmp_path / "go"), "lora_init": str(out)}).validate())
+    method.setup(Accel())
+    student = unwrap(method.nets["student"])
+    lora = [p for n, p in student.named_parameters() if "lora_" in n]
+    batch = method.batch(0, 0, Accel())
+    styled = method.student_sample(batch).detach()
+    loss, logs = method.student_loss(batch, 0)
+    assert logs["layout"] > 0 and "sd" in logs and "fm" in logs
+    # the LoRA is on and trainable again after the LoRA-off pass
+    assert all(p.requires_grad for p in lora) and torch.equal(method.student_sample(batch).detach(), styled)
+    again = method.batch(0, 0, Accel())  # the same draws: the score term's t and noise come from its generator
+    distill, _ = method.distillation_loss(method.student_sample(again), again, 0)
+    assert loss.item() == pytest.approx(distill.item() + 3.0 * logs["layout"], rel=1e-5)
+    # descending the term alone moves the styled sample's layout back toward the plain one's
+    opt = torch.optim.Adam(lora, lr=1e-2)
+    first = logs["layout"]
+    for _ in range(5):
+        opt.zero_grad()
+        with torch.no_grad(), adapters_off(student):
+            plain = method.student_sample(batch)
+        keep, last = method.layout(method.student_sample(batch), plain)
+        keep.backward()
+        opt.step()
+    assert last["layout"] < first
+    with pytest.raises(ValueError, match="layout_window"):
+        load_config(LoRASSD.config_cls, None, {**opts, "run_dir": str(tmp_path / "x"), "layout_window": 4}).validate()
+    # another decoder (a pipeline folder's codec here): loaded frozen, not the teacher's VAE object
+    other = LoRASSD(load_config(LoRASSD.config_cls, None, {**opts, "run_dir": str(tmp_path / "d"),
+                                                          "layout_decoder": str(tiny_dir)}).validate())
+    other.setup(Accel())
+    assert other.layout.vae is not other.teacher["vae"] and not any(p.requires_grad for p in other.layout.vae.parameters())
+    with pytest.raises(ValueError, match="layout_decoder"):
+        load_config(LoRASSD.config_cls, None, {**opts, "run_dir": str(tmp_path / "y"), "layout_decoder": "nope"}).validate()
 
 
 class Accel:  # just what Method.setup / batch read

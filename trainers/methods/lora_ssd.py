@@ -15,6 +15,9 @@ Trained: a new PEFT LoRA on the one-step student (rank / alpha / targets configu
 Loss:    as ``ssd``: online DM denoising loss every step; student: score difference on [0, alpha*T]
          + lambda_FM * SSIM feature matching. Without the style LoRA in the teacher the FM targets
          are unstyled, so lambda_FM is scaled by ``lambda_fm_scale_without_teacher_lora`` (< 1).
+Beyond the paper: ``lambda_layout`` > 0 adds ``LayoutKeepingLoss`` between the student's sample and
+         its own sample with the LoRA switched off (same noise and caption, no grad): local image
+         structure must stay, colours may change. 0 (the default) is the paper's loss.
 Output:  ``final/pytorch_lora_weights.safetensors`` (diffusers format, alpha/rank baked into B) for
          ``OneStepEngine.load_lora`` / ``load_engine(student, lora=...)``.
 
@@ -26,6 +29,7 @@ one made for another base raises ``IncompatibleWeightsError`` before any pair is
 
 import copy
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +37,7 @@ import torch
 
 from trainers.core.diffusion import load_components, pair_cache, restyled_pair_cache, write_pipeline_atomically
 from trainers.core.loop import Phase
-from trainers.core.losses import ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder
+from trainers.core.losses import LayoutKeepingLoss, ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder, unwrap
 from trainers.core.method import main
 from trainers.core.schedules import Anneal
 from trainers.core.student import build_student
@@ -60,6 +64,10 @@ class LoRASSDConfig(SSDConfig):
     restyle_strength: float = 1.0
     plain_pair_cache: str = ""  # the plain ODE pairs to restyle ("" = run_dir/pairs.safetensors, made if missing)
     restyled_pair_cache: str = ""  # where the restyled pairs are cached ("" = run_dir/pairs-restyled.safetensors)
+    # beyond the paper: weight of the layout-keeping term (student with vs without its LoRA, decoded); 0 = off
+    lambda_layout: float = 0.0
+    layout_window: int = 7  # pixels: the window of the local structure comparison
+    layout_decoder: str = ""  # what the term decodes with: "" = the teacher's VAE; a pipeline or codec folder
 
     method = "lora_ssd"
 
@@ -77,6 +85,11 @@ class LoRASSDConfig(SSDConfig):
             e.append(f"restyle_strength={self.restyle_strength} must be in (0, 1]")
         elif self.restyle_strength < 1 and not self.teacher_takes_lora:
             e.append("restyle_strength < 1 restyles with the teacher + style LoRA: it needs teacher_takes_lora: true")
+        if self.lambda_layout < 0 or self.layout_window < 3 or self.layout_window % 2 == 0:
+            e.append(f"lambda_layout={self.lambda_layout} must be >= 0 and layout_window={self.layout_window} an odd "
+                     f"number >= 3")
+        if self.layout_decoder and not Path(self.layout_decoder).exists():
+            e.append(f"layout_decoder={self.layout_decoder!r} does not exist")
         if self.lora_init and not Path(self.lora_init).exists():
             e.append(f"lora_init={self.lora_init!r} does not exist")
         return e
@@ -129,6 +142,16 @@ def student_lora_state(unet, rank: int, alpha: float) -> dict[str, torch.Tensor]
         if "lora_B" in k:
             state[k] *= alpha / rank
     return state
+
+
+@contextmanager
+def adapters_off(unet):
+    """The plain student inside the block: its LoRA switched off, then on again (trainable as before)."""
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
 
 
 class _LoRAFile:
@@ -187,8 +210,27 @@ class LoRASSD(SSD):
         self.lambda_fm = Anneal(c.lambda_fm_start * fm_scale, c.lambda_fm_end * fm_scale, steps, c.anneal)
         self.fm = SSIMFeatureLoss(UNetEncoder(teacher["unet"], c.fm_timestep), c.fm_weights)
         self.score = ScoreDistillationLoss(offline, self.nets_proxy("online_dm"), self.schedule, c.real_guidance, c.t_min)
+        self.layout = LayoutKeepingLoss(self.layout_decoder(), c.layout_window) if c.lambda_layout else None
         return [Phase("online_dm", online, self.online_loss, lr=c.online_lr or None),
                 Phase("student", student, self.student_loss, every=c.student_every)]
+
+    def student_loss(self, batch, step):
+        x0 = self.student_sample(batch)
+        loss, logs = self.distillation_loss(x0, batch, step)
+        if self.layout is None:
+            return loss, logs
+        with torch.no_grad(), adapters_off(unwrap(self.nets["student"])):
+            plain = self.student_sample(batch)
+        keep, keep_logs = self.layout(x0, plain)
+        return loss + self.config.lambda_layout * keep, {**logs, **keep_logs}
+
+    def layout_decoder(self):
+        """The frozen decoder the layout term reads images through (fp32)."""
+        from trainers.core.diffusion import load_vae
+
+        if not self.config.layout_decoder:
+            return self.teacher["vae"]
+        return load_vae(self.config.layout_decoder).to(self.device, torch.float32).eval().requires_grad_(False)
 
     def load_pairs(self, accelerator):
         """The FM pairs: the LoRA teacher's ODE pairs, its restyled plain pairs (``restyle_strength`` < 1)
@@ -224,7 +266,9 @@ class LoRASSD(SSD):
         state = student_lora_state(nets["student"], c.lora_rank, c.lora_alpha)
         info = {**info, "teacher": c.teacher, "student": c.student, "style_lora": c.style_lora,
                 "teacher_takes_lora": c.teacher_takes_lora, "restyle_strength": c.restyle_strength,
-                "lora_init": c.lora_init, "fresh_ratio": c.fresh_ratio, "rank": c.lora_rank,
+                "lora_init": c.lora_init, "fresh_ratio": c.fresh_ratio, "alpha_start": c.alpha_start,
+                "alpha_end": c.alpha_end, "lambda_layout": c.lambda_layout,
+                "rank": c.lora_rank,
                 "alpha_baked_into_B": c.lora_alpha}
         return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
 

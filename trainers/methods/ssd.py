@@ -116,7 +116,10 @@ class SSD(Method):
         return DenoisingLoss(self.nets["online_dm"], self.schedule)(x0, batch["embeds"], batch["generator"])
 
     def student_loss(self, batch, step):
-        x0 = self.student_sample(batch)
+        return self.distillation_loss(self.student_sample(batch), batch, step)
+
+    def distillation_loss(self, x0, batch, step):
+        """Eq. 11 for the student's samples ``x0``: score difference + lambda_FM * feature matching."""
         at = self.anneal_position(step)
         sd, sd_logs = self.score(x0, batch["embeds"], self.alpha(at), self.uncond, batch["generator"])
         p = batch["paired"]
