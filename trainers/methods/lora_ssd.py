@@ -267,8 +267,7 @@ class LoRASSD(SSD):
         info = {**info, "teacher": c.teacher, "student": c.student, "style_lora": c.style_lora,
                 "teacher_takes_lora": c.teacher_takes_lora, "restyle_strength": c.restyle_strength,
                 "lora_init": c.lora_init, "fresh_ratio": c.fresh_ratio, "alpha_start": c.alpha_start,
-                "alpha_end": c.alpha_end, "lambda_layout": c.lambda_layout,
-                "rank": c.lora_rank,
+                "alpha_end": c.alpha_end, "lambda_layout": c.lambda_layout, "rank": c.lora_rank,
                 "alpha_baked_into_B": c.lora_alpha}
         return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
 
