@@ -121,6 +121,35 @@ def test_lora_ssd_continues_its_own_lora_and_refuses_another_rank(tmp_path, tiny
         load_config(LoRASSD.config_cls, None, {**base, "lora_init": str(tmp_path / "nope")}).validate()
 
 
+def test_lora_ssd_score_only_in_the_last_stage_samples_no_pairs_and_keeps_its_blocks(tmp_path, tiny_dir, style_lora):
+    from safetensors.torch import load_file
+
+    from sdxs_core import load_engine
+    from trainers.core.losses import unwrap
+    from trainers.methods.lora_ssd import LoRASSD, add_student_lora
+
+    blocks = ["up_blocks.1", "conv_out"]
+    out, method = run(LoRASSD, tiny_dir, tmp_path / "lora", style_lora=str(style_lora), fresh_ratio=1.0,
+                      alpha_start=0.4, alpha_end=0.4, lora_targets=["conv1", "conv2", "conv_out"], lora_blocks=blocks)
+    assert not list((tmp_path / "lora").glob("pairs*.safetensors"))  # the LoRA teacher never sampled
+    student = unwrap(method.nets["student"])
+    adapted = {n.split(".lora_A")[0] for n, _ in student.named_parameters() if ".lora_A" in n}
+    assert "conv_out" in adapted and any(n.startswith("up_blocks.1.") for n in adapted)
+    assert all(n == "conv_out" or n.startswith("up_blocks.1.") for n in adapted)  # conv1/2 elsewhere left alone
+    assert any(p.abs().sum() > 0 for n, p in student.named_parameters() if "lora_B" in n)  # the score term trained it
+    saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert {k.split(".lora_")[0].removeprefix("unet.") for k in saved} == adapted
+    made = json.loads((out / "train_info.json").read_text())
+    assert (made["fresh_ratio"], made["lora_blocks"]) == (1.0, blocks)
+    engine = load_engine(tiny_dir, device="cpu")
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    plain = engine.generate("a b", noise=noise, output_type="latent").images
+    engine.load_lora(out)
+    assert (engine.generate("a b", noise=noise, output_type="latent").images - plain).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="inside lora_blocks"):  # a typo is an error, not a LoRA on nothing
+        add_student_lora(method.teacher["unet"], 2, 2.0, ["conv1"], blocks=["up_block.1"])
+
+
 def test_lora_ssd_refuses_a_lora_for_another_base_before_training(tmp_path, tiny_dir, other_base_dir):
     from sdxs_core.errors import IncompatibleWeightsError
     from sdxs_core.testkit import write_tiny_lora
@@ -343,6 +372,9 @@ def test_controlnet_kd_on_world_ground_truth_maps(tmp_path, cn_models):
         load_config(ControlNetSSDConfig, None, {"teacher": str(cn_models["teacher"]), "stage": "ssd",
                                                 "teacher_controlnet": str(cn_models["teacher_cn"]),
                                                 "control_source": "world"}).validate()
+    with pytest.raises(ValueError, match="fresh captions would not match"):  # SSD's knob; its own is fresh_noise_ratio
+        load_config(ControlNetSSDConfig, None, {"teacher": str(cn_models["teacher"]), "fresh_ratio": 0.5,
+                                                "teacher_controlnet": str(cn_models["teacher_cn"])}).validate()
     assert ControlNetSSD.config_cls is ControlNetSSDConfig
 
 

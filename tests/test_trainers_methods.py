@@ -113,6 +113,32 @@ def test_ssd_fresh_rows_get_new_noise_and_captions_and_only_the_score_term(tmp_p
     assert logs["fm"] == 0.0 and logs["sd"] == 0.0
 
 
+def test_ssd_with_every_row_fresh_samples_no_pairs_and_trains(tmp_path, tiny_dir, monkeypatch):
+    import trainers.core.method as core_method
+    from trainers.methods.ssd import SSD
+
+    class Accel:
+        device, process_index, is_main_process = torch.device("cpu"), 0, True
+
+    def no_pairs(*args, **kwargs):
+        raise AssertionError("teacher pairs sampled although no row keeps one")
+
+    monkeypatch.setattr(core_method, "pair_cache", no_pairs)
+    out, method = run(SSD, tiny_dir, tmp_path / "ssd", fresh_ratio=1.0, batch_size=3, alpha_start=0.5, alpha_end=0.5)
+    assert not method.pairs_needed() and not hasattr(method, "pairs")
+    assert not list((tmp_path / "ssd").glob("pairs*.safetensors"))
+    batch = method.batch(5, 0, Accel())
+    assert batch["paired"] == 0 and batch["noise"].shape == (3, 4, 8, 8) and batch["embeds"].shape[0] == 3
+    again, other = method.batch(5, 0, Accel()), method.batch(6, 0, Accel())
+    assert torch.equal(again["noise"], batch["noise"]) and not torch.equal(other["noise"], batch["noise"])
+    _, logs = method.student_loss(batch, 0)
+    assert logs["fm"] == 0.0 and logs["sd"] > 0  # the score term alone
+    loads_and_generates(out)
+    # one paired row left (ratio 0.6 of 3 rounds to 2 fresh): the pairs are needed again
+    method.config.fresh_ratio = 0.6
+    assert method.fresh_rows() == 2 and method.pairs_needed()
+
+
 def test_fm_warmup_caches_pairs_and_exports(tmp_path, mid_teacher_dir):
     from trainers.methods.fm_warmup import FMWarmup
 

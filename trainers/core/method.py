@@ -78,6 +78,8 @@ class Method(ABC):
         self.schedule = NoiseSchedule(self.teacher["scheduler"].config, self.device)
         vae_factor = 2 ** (len(self.teacher["vae"].config.block_out_channels) - 1)
         self.resolution = self.config.resolution or self.teacher["unet"].config.sample_size * vae_factor
+        latent = self.resolution // vae_factor
+        self.latent_shape = (self.teacher["unet"].config.in_channels, latent, latent)  # one noise input
         self.prompts = load_prompts(self.config.prompts, self.config.num_prompts, self.config.seed)
         self.uncond = encode_prompts(self.teacher["tokenizer"], self.teacher["text_encoder"], [""], self.device)
         return self.teacher

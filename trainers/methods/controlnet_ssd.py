@@ -82,6 +82,9 @@ class ControlNetSSDConfig(SSDConfig):
                      "extracted from the teacher's own sample (use control_source='extract')")
         if not 0 <= self.fresh_noise_ratio <= 1:
             e.append(f"fresh_noise_ratio={self.fresh_noise_ratio} must be in [0, 1]")
+        if self.fresh_ratio:
+            e.append(f"fresh_ratio={self.fresh_ratio}: fresh captions would not match their pair's control image; "
+                     f"use fresh_noise_ratio (fresh noise, the pair's caption and control kept)")
         if self.val_steps < 1:
             e.append(f"val_steps={self.val_steps} must be >= 1")
         return e

@@ -8,7 +8,7 @@ Frozen:  the offline DM = the offline U-Net + the pretrained style LoRA (real sc
          the plain ODE pairs restyled by the LoRA teacher (SDEdit from each pair's own noise), targets
          that keep the plain images' layouts where the LoRA teacher's own ODE often changes them (in
          the miniature world this raised style, not layout consistency: see the README).
-Trained: a new PEFT LoRA on the one-step student (rank / alpha / targets configurable; B starts at
+Trained: a new PEFT LoRA on the one-step student (rank / alpha / targets / blocks configurable; B starts at
          zero, so training starts from the student itself: no FM warmup; ``lora_init`` continues one
          this method wrote instead); the online DM, a full copy of the offline U-Net *without* the
          style LoRA (it models the student's own outputs).
@@ -58,6 +58,9 @@ class LoRASSDConfig(SSDConfig):
     lora_alpha: float = 8.0
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     lora_dropout: float = 0.0
+    # module-name prefixes (e.g. up_blocks.2, conv_out) the LoRA is confined to; [] = the whole U-Net. A style drawn
+    # at full resolution can live in the last decoder stage, where it cannot redraw the scene's layout
+    lora_blocks: list[str] = field(default_factory=list)
     lora_init: str = ""  # a student LoRA this method wrote, to continue (same rank); "" = a new one (B = 0)
     # < 1: FM targets keep the plain pairs' layouts: each plain teacher image restyled by SDEdit at this
     # strength (its own noise); 1: the LoRA teacher's ODE from the noise (the paper's pairs)
@@ -95,13 +98,26 @@ class LoRASSDConfig(SSDConfig):
         return e
 
 
-def add_student_lora(unet, rank: int, alpha: float, targets: list[str], dropout: float = 0.0):
-    """Freeze ``unet`` and give it a new PEFT LoRA (B = 0: the model is unchanged until trained).
-    The LoRA's parameters are then the only ones that require grad."""
+def lora_modules(unet, targets: list[str], blocks: list[str]) -> list[str]:
+    """The modules a LoRA goes on: named by ``targets`` (PEFT's rule: the name or its last parts) and
+    inside one of ``blocks`` (module-name prefixes). Nothing matching is an error, not an empty LoRA."""
+    names = [n for n, _ in unet.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+    inside = [n for n in names if any(n == b or n.startswith(b + ".") for b in blocks)]
+    if not inside:
+        raise ValueError(f"no module of the U-Net is one of lora_targets={list(targets)} inside "
+                         f"lora_blocks={list(blocks)}")
+    return inside
+
+
+def add_student_lora(unet, rank: int, alpha: float, targets: list[str], dropout: float = 0.0, blocks: list[str] = ()):
+    """Freeze ``unet`` and give it a new PEFT LoRA (B = 0: the model is unchanged until trained) on
+    ``targets``, only inside ``blocks`` when given. The LoRA's parameters are then the only ones that
+    require grad."""
     from peft import LoraConfig
 
+    modules = lora_modules(unet, targets, blocks) if blocks else list(targets)
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, lora_dropout=dropout,
                                 init_lora_weights=True))
     return unet
 
@@ -196,14 +212,16 @@ class LoRASSD(SSD):
                                                f"(lambda_FM is then scaled down).") from None
         # 2. networks: copies of the plain U-Nets before any LoRA goes anywhere
         student, self.student_info = build_student(c.student, teacher["unet"])
-        student = add_student_lora(student.to(self.device), c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_dropout)
+        student = add_student_lora(student.to(self.device), c.lora_rank, c.lora_alpha, c.lora_targets, c.lora_dropout,
+                                   c.lora_blocks)
         if c.lora_init:
             load_student_lora(student, c.lora_init, c.lora_rank, c.lora_alpha)
         online = copy.deepcopy(base).requires_grad_(True)  # no style LoRA: it models the student's outputs
         offline = add_style_lora(copy.deepcopy(base), c.style_lora, c.style_lora_scale)  # teacher stays plain (FM encoder)
         self.nets, self.offline = {"student": student, "online_dm": online}, offline
-        # 3. the teacher's ODE pairs: styled when the teacher takes the LoRA
-        self.load_pairs(accelerator)
+        # 3. the teacher's ODE pairs (styled when the teacher takes the LoRA), unless no row keeps one
+        if self.pairs_needed():
+            self.load_pairs(accelerator)
         steps = c.anneal_steps or c.max_steps
         fm_scale = 1.0 if c.teacher_takes_lora else c.lambda_fm_scale_without_teacher_lora
         self.alpha = Anneal(c.alpha_start, c.alpha_end, steps, c.anneal)
@@ -267,8 +285,8 @@ class LoRASSD(SSD):
         info = {**info, "teacher": c.teacher, "student": c.student, "style_lora": c.style_lora,
                 "teacher_takes_lora": c.teacher_takes_lora, "restyle_strength": c.restyle_strength,
                 "lora_init": c.lora_init, "fresh_ratio": c.fresh_ratio, "alpha_start": c.alpha_start,
-                "alpha_end": c.alpha_end, "lambda_layout": c.lambda_layout, "rank": c.lora_rank,
-                "alpha_baked_into_B": c.lora_alpha}
+                "alpha_end": c.alpha_end, "lambda_layout": c.lambda_layout, "lora_blocks": c.lora_blocks,
+                "rank": c.lora_rank, "alpha_baked_into_B": c.lora_alpha}
         return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
 
 

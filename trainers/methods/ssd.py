@@ -11,7 +11,8 @@ Loss:    online DM: denoising loss on detached student samples (every step).
 Inputs:  the teacher pairs' noise and captions; ``fresh_ratio`` of each batch instead gets fresh noise
          and a caption drawn from all ``num_prompts`` (the pairs use the first ``num_pairs``). Those rows
          have no ODE target, so only the score term (and the online DM) sees them: the student learns
-         from the teacher's score beyond the pairs, as DMD2 does, while FM keeps it anchored.
+         from the teacher's score beyond the pairs, as DMD2 does, while FM keeps it anchored. When no
+         row of a batch keeps a pair (``fresh_ratio`` 1) no pair is sampled or read at all.
 
     python -m trainers.methods.ssd --config trainers/configs/ssd_miniature.yaml
 """
@@ -66,7 +67,8 @@ class SSD(Method):
     def setup(self, accelerator):
         c = self.config
         teacher = self.load_teacher(accelerator)
-        self.load_pairs(accelerator)
+        if self.pairs_needed():
+            self.load_pairs(accelerator)
         offline = teacher["unet"] if not c.offline_dm else load_components(c.offline_dm, self.device)["unet"]
         offline.eval().requires_grad_(False)
         student, self.student_info = build_student(c.student, teacher["unet"])
@@ -85,25 +87,42 @@ class SSD(Method):
         """The (prepared) network by name at call time: accelerate wraps it after ``setup``."""
         return lambda *a, **k: self.nets[name](*a, **k)
 
+    def fresh_rows(self) -> int:
+        """Rows of each batch that get fresh noise and captions instead of a pair."""
+        return round(self.config.fresh_ratio * self.config.batch_size)
+
+    def pairs_needed(self) -> bool:
+        """False when every row is fresh: the teacher's ODE pairs would be sampled only to be replaced."""
+        return self.fresh_rows() < self.config.batch_size
+
     def batch(self, step, micro, accelerator):
-        """The pairs' batch, its last ``round(fresh_ratio * N)`` rows given fresh noise and captions;
+        """The pairs' batch, its last ``fresh_rows()`` rows given fresh noise and captions;
         ``batch["paired"]`` counts the rows that keep their ODE target."""
+        import torch
+
+        n, k = self.config.batch_size, self.fresh_rows()
+        if k == n:
+            gen = torch.Generator(self.device).manual_seed(self.step_seed(step, micro, accelerator))
+            noise, embeds = self.fresh_inputs(n, gen)
+            return {"noise": noise, "embeds": embeds, "generator": gen, "paired": 0}
+        batch = super().batch(step, micro, accelerator)
+        batch["paired"] = n - k
+        if k:
+            noise, embeds = self.fresh_inputs(k, batch["generator"])
+            batch["noise"] = torch.cat([batch["noise"][:n - k], noise])
+            batch["embeds"] = torch.cat([batch["embeds"][:n - k], embeds])
+        return batch
+
+    def fresh_inputs(self, k: int, gen):
+        """``k`` fresh noise inputs and the embeddings of ``k`` captions drawn from all prompts."""
         import torch
 
         from trainers.core.diffusion import encode_prompts
 
-        batch = super().batch(step, micro, accelerator)
-        n = len(batch["noise"])
-        k = round(self.config.fresh_ratio * n)
-        batch["paired"] = n - k
-        if k:
-            gen = batch["generator"]
-            pick = torch.randint(len(self.prompts), (k,), generator=gen, device=gen.device).tolist()
-            batch["noise"], batch["embeds"] = batch["noise"].clone(), batch["embeds"].clone()
-            batch["noise"][n - k:] = torch.randn(batch["noise"][n - k:].shape, generator=gen, device=gen.device)
-            batch["embeds"][n - k:] = encode_prompts(self.teacher["tokenizer"], self.teacher["text_encoder"],
-                                                     [self.prompts[i] for i in pick], self.device)
-        return batch
+        pick = torch.randint(len(self.prompts), (k,), generator=gen, device=gen.device).tolist()
+        noise = torch.randn((k, *self.latent_shape), generator=gen, device=gen.device)
+        return noise, encode_prompts(self.teacher["tokenizer"], self.teacher["text_encoder"],
+                                     [self.prompts[i] for i in pick], self.device)
 
     def student_sample(self, batch):
         return one_step(self.nets["student"], batch["noise"], batch["embeds"], self.schedule)
