@@ -226,3 +226,29 @@ def test_the_app_opens_on_the_sd4_student_with_its_own_edges_controlnet():
     hub.start(hub.default_model())
     assert hub.model_key == "miniature-sd4-fast"
     assert hub.controlnet_key == "assets/miniature/controlnet-edges-sd4"
+
+
+TEACHER_LORA = SD4.parent / "lora-pastel-teacher-sd4" / "pytorch_lora_weights.safetensors"
+
+
+@pytest.mark.skipif(not TEACHER_LORA.is_file() or not (SD4 / "unet").is_dir(), reason="the sd4 teacher's LoRA missing")
+def test_bundled_teacher_style_lora_makes_the_sd4_teacher_pastel_and_fits_no_student():
+    """LoRA-SSD's input ships, so the student's LoRA can be remade from the assets alone: the teacher with
+    it draws what the evaluator reads as pastel, without it plain; the one-step students refuse it."""
+    from sdxs_core.studio import lora_fits
+    from trainers.miniature import world
+    from trainers.miniature.classifier import load_classifier, predict_attributes
+
+    engine = load_engine(SD4, device="cpu")
+    assert lora_fits(engine.unet, str(TEACHER_LORA))
+    assert not lora_fits(load_engine("miniature-sd4", device="cpu").unet, str(TEACHER_LORA))
+    prompts, classifier = world.eval_prompts(8), load_classifier()
+
+    def pastel_share():
+        images = engine.generate(prompts, seed=list(range(8)), num_inference_steps=10, guidance_scale=5.0,
+                                 output_type="np").images
+        return np.mean([p.style == "pastel" for p in predict_attributes(classifier, (images * 255).round().astype(np.uint8))])
+
+    assert pastel_share() == 0
+    engine.load_lora(TEACHER_LORA)
+    assert pastel_share() >= 0.75
