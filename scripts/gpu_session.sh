@@ -18,6 +18,11 @@
 #                                                      student, scored by the evaluator (the call after
 #                                                      MODE=teacher on the still-warm machine; on a fresh one,
 #                                                      carry runs/gpu-teacher/{teacher,block_kd/final})
+#     MODE=lora bash scripts/gpu_session.sh            LoRA-SSD settings side by side (runs/gpu-lora/NAME) from the
+#                                                      shipped sd4 student and teacher LoRA, for most of the deadline
+#                                                      (session 20: launch-bound, ~6 U-Net passes of ~900 modules a
+#                                                      step: 3.1 steps/s alone at batch 64, 2.2 each with six side by
+#                                                      side; so batch size is nearly free there, steps are not)
 #   here, afterwards:  bash scripts/gpu_session.sh --unpack /work/.device/N runs [TEACHER]
 #                      (TEACHER: the teacher the chain ran on, whose parts are put back; default the shipped one)
 #
@@ -146,6 +151,33 @@ onestep)
   wait
   pack "$RUNS/fm_warmup" "$RUNS/ssd" "$RUNS/logs"
   ;;
+lora)
+  RUNS=runs/gpu-lora
+  mkdir -p "$RUNS/logs"
+  export OMP_NUM_THREADS=2
+  MIN=${LORA_MIN:-$(awk "BEGIN { print ($DEADLINE - 90) / 60 }")}
+  variant() {  # variant NAME [--set lora_ssd.K=V ...]: one LoRA-SSD run, the miniature recipe with these changes
+    local name=$1
+    shift
+    mkdir -p "$RUNS/$name/ssd" "$RUNS/$name/lora_teacher"
+    ln -sfn "$PWD/assets/miniature/sdxs-sd4" "$RUNS/$name/ssd/final"
+    ln -sfn "$PWD/assets/miniature/lora-pastel-teacher-sd4" "$RUNS/$name/lora_teacher/final"
+    timeout -k 5 $((DEADLINE - 20)) python -m trainers.miniature.distill --stages lora_ssd --runs "$RUNS/$name" \
+      --teacher assets/miniature/teacher-sd4 --set lora_ssd.max_minutes="$MIN" --set lora_ssd.validate_every=0 \
+      --set lora_ssd.checkpoint_every=2000 "$@" >"$RUNS/logs/$name.log" 2>&1
+    echo "$name rc=$?" >>"$OUT/run.log"
+  }
+  variant ship16 &
+  variant ship64 --set lora_ssd.batch_size=64 &
+  variant up2_16 --set "lora_ssd.lora_blocks=[up_blocks.2, conv_out]" &
+  variant up2_r32 --set "lora_ssd.lora_blocks=[up_blocks.2, conv_out]" --set lora_ssd.lora_rank=32 \
+    --set lora_ssd.lora_alpha=32 --set lora_ssd.lr=3e-4 --set lora_ssd.batch_size=64 &
+  variant ship_fm --set lora_ssd.fresh_ratio=0.5 --set lora_ssd.num_pairs="${PAIRS:-4096}" --set lora_ssd.batch_size=64 \
+    --set lora_ssd.max_minutes="$(awk "BEGIN { print $MIN - 0.5 }")" &
+  variant whole16 --set "lora_ssd.lora_blocks=[]" &
+  wait
+  pack "$RUNS"/*/lora_ssd "$RUNS/logs"
+  ;;
 chain)
   RUNS=${RUNS:-runs/gpu}
   timeout -k 5 "$DEADLINE" bash scripts/distill_gpu.sh "$RUNS" "${TEACHER:-assets/miniature/teacher}" >"$OUT/run.log" 2>&1
@@ -153,7 +185,7 @@ chain)
   pack "$RUNS"
   ;;
 *)
-  echo "MODE=$MODE: expected chain, teacher or onestep" >&2
+  echo "MODE=$MODE: expected chain, teacher, onestep or lora" >&2
   exit 2
   ;;
 esac
