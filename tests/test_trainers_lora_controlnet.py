@@ -397,3 +397,17 @@ def test_lora_teacher_exports_a_lora_that_lora_ssd_accepts(tmp_path, tiny_dir):
     out, _ = run(LoRATeacher, tiny_dir, tmp_path / "t", num_images=2, max_steps=1)
     engine = load_engine(tiny_dir, lora=out, device="cpu")
     assert engine.generate("a b", seed=0, num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
+
+
+def test_lora_teacher_confined_to_blocks_writes_only_their_weights(tmp_path, tiny_dir):
+    from safetensors.torch import load_file
+
+    from trainers.methods.lora_teacher import LoRATeacher
+
+    out, _ = run(LoRATeacher, tiny_dir, tmp_path / "t", num_images=2, max_steps=1, lora_targets=["conv1", "conv2"],
+                 lora_blocks=["up_blocks.1"])
+    keys = list(load_file(str(out / "pytorch_lora_weights.safetensors")))
+    assert keys and all(k.startswith("unet.up_blocks.1.") for k in keys)  # conv1/2 of the other blocks left alone
+    assert json.loads((out / "train_info.json").read_text())["lora_blocks"] == ["up_blocks.1"]
+    with pytest.raises(ValueError, match="inside lora_blocks"):
+        run(LoRATeacher, tiny_dir, tmp_path / "typo", num_images=2, max_steps=1, lora_blocks=["up_block.1"])

@@ -29,6 +29,7 @@ class LoRATeacherConfig(TrainConfig):
     lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    lora_blocks: list[str] = field(default_factory=list)  # module-name prefixes, as lora_ssd's; [] = the whole U-Net
     lr: float = 1e-4
 
     method = "lora_teacher"
@@ -41,7 +42,7 @@ class LoRATeacher(Method):
         c = self.config
         teacher = self.load_teacher(accelerator)
         self.pairs = world_data(teacher["vae"], c.num_images, c.seed, None, c.style)
-        unet = add_student_lora(teacher["unet"], c.lora_rank, c.lora_alpha, c.lora_targets)
+        unet = add_student_lora(teacher["unet"], c.lora_rank, c.lora_alpha, c.lora_targets, blocks=c.lora_blocks)
         self.nets = {"student": unet}
         return [Phase("student", unet, self.loss)]
 
@@ -54,7 +55,8 @@ class LoRATeacher(Method):
     def export(self, out, nets, info):
         c = self.config
         state = student_lora_state(nets["student"], c.lora_rank, c.lora_alpha)
-        info = {**info, "teacher": c.teacher, "style": c.style, "rank": c.lora_rank, "alpha_baked_into_B": c.lora_alpha}
+        info = {**info, "teacher": c.teacher, "style": c.style, "rank": c.lora_rank, "alpha_baked_into_B": c.lora_alpha,
+                "lora_blocks": c.lora_blocks}
         return write_pipeline_atomically(_LoRAFile(state), out, {"train_info.json": json.dumps(info, indent=2)})
 
 
