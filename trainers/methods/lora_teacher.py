@@ -1,5 +1,5 @@
 """A style LoRA of the multi-step teacher, trained the usual way: what ``lora_ssd`` distils
-(``style_lora``) and the miniature world does not ship.
+(``style_lora``); the sd4 teacher's ships as ``assets/miniature/lora-pastel-teacher-sd4``.
 
 Frozen:  the teacher U-Net's base weights, VAE and text encoder.
 Trained: a PEFT LoRA on the teacher U-Net (B = 0 at start).
