@@ -4,6 +4,7 @@ loop's checkpoint/resume exactness and NaN guard (on the SSD method, which has t
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -38,6 +39,16 @@ def test_config_yaml_cli_overrides_and_dry_run(tmp_path, tiny_dir, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["method"] == "ssd" and printed["max_steps"] == 9 and printed["lr"] == 3e-4
     assert printed["alpha_start"] == 0.8 and printed["val_prompts"] == ["x", "y"]
+
+
+def test_atomic_write_text_replaces_whole_files_readable_by_others(tmp_path):
+    from trainers.core.config import atomic_write_text
+
+    path = tmp_path / "run" / "config.json"
+    atomic_write_text(path, "old")
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["config.json"]  # no temp files left
 
 
 def test_config_errors_name_the_bad_value(tiny_dir):
@@ -371,9 +382,12 @@ def test_replacing_a_linked_model_keeps_what_its_dependents_had(tmp_path):
 
         def save_pretrained(self, path, safe_serialization=True):
             (Path(path) / "vae").mkdir()
+            os.close(os.open(Path(path) / "vae" / "w.safetensors", os.O_CREAT | os.O_WRONLY, 0o600))  # a private writer
             (Path(path) / "vae" / "w.safetensors").write_text(self.text)
 
     write_pipeline_atomically(Folder("old"), tmp_path / "teacher")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "teacher", tmp_path / "teacher" / "vae" / "w.safetensors")}
+    assert modes == {"teacher": 0o755, "w.safetensors": 0o644}  # readable by whoever runs the app
     write_pipeline_atomically(Folder("old"), tmp_path / "student", link_to=[tmp_path / "teacher"])
     assert (tmp_path / "student" / "vae").is_symlink()
     write_pipeline_atomically(Folder("new"), tmp_path / "teacher")

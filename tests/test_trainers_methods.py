@@ -237,6 +237,22 @@ def test_decoder_on_perturbed_world_latents_targets_the_vae_decode_of_what_it_se
     assert (out / "vae" / "config.json").is_file()
 
 
+def test_decoder_world_style_mixed_encodes_pastel_renders_of_the_same_scenes(tmp_path, mid_teacher_dir):
+    """world_style=mixed: each scene is drawn in one style; the plain scenes' latents are the plain run's,
+    the pastel scenes' are their pastel renders' (so a style LoRA's latents have decodes to learn from)."""
+    from trainers.methods.decoder import DecoderDistill
+    from trainers.miniature import world
+
+    _, plain = run(DecoderDistill, mid_teacher_dir, tmp_path / "p", decoder_size="tiny", latent_source="world",
+                   num_images=8, max_steps=1)
+    _, mixed = run(DecoderDistill, mid_teacher_dir, tmp_path / "m", decoder_size="tiny", latent_source="world",
+                   num_images=8, max_steps=1, world_style="mixed")
+    pastel = torch.tensor([s.style == "pastel" for s in world.render_batch(mixed.config.seed, 8, "mixed")["specs"]])
+    assert 0 < pastel.sum() < 8 and mixed.pairs["prompts"] == plain.pairs["prompts"]  # same scenes, both styles
+    differ = (mixed.pairs["latents"] - plain.pairs["latents"]).flatten(1).abs().amax(1) > 1e-4
+    assert torch.equal(differ, pastel)
+
+
 def test_decoder_learns_on_the_students_own_latents_and_continues_a_decoder(tmp_path, mid_teacher_dir, tiny_dir,
                                                                           tiny_controlnet_dir, tiny_lora_file):
     """student: the world latents plus the one-step student's latents on the same scenes, scene i made
@@ -292,10 +308,10 @@ def test_decoder_student_options_are_checked_up_front(tmp_path, mid_teacher_dir)
     cfg = load_config(DecoderDistill.config_cls, None, {
         **SMALL, "teacher": str(mid_teacher_dir), "run_dir": str(tmp_path), "latent_source": "pairs",
         "student": str(tmp_path / "none"), "student_loras": [str(tmp_path / "x.safetensors")],
-        "decoder_init": str(tmp_path / "nope"), "lambda_edge": -1})
+        "decoder_init": str(tmp_path / "nope"), "lambda_edge": -1, "world_style": "sepia"})
     errors = "\n".join(cfg.errors())
     for bit in ("set latent_source: world", "no model_index.json", "x.safetensors' does not exist", "decoder_init=",
-                "lambda_edge=-1"):
+                "lambda_edge=-1", "world_style='sepia'"):
         assert bit in errors
 
 

@@ -193,6 +193,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; configs and run records are meant to be shared
     os.replace(tmp, path)
 
 

@@ -160,6 +160,7 @@ def _save_pairs(path: Path, tensors: dict, spec: dict, prompts: list[str]) -> No
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     os.close(fd)
     save_file(tensors, tmp, metadata={"spec": json.dumps(spec), "prompts": json.dumps(prompts)})
+    os.chmod(tmp, 0o644)  # mkstemp makes files private
     os.replace(tmp, path)
 
 
@@ -313,6 +314,9 @@ def write_pipeline_atomically(pipe, out: str | os.PathLike, files: dict[str, str
     pipe.save_pretrained(tmp, safe_serialization=True)
     for name, text in (files or {}).items():
         (tmp / name).write_text(text)
+    for path in (tmp, *tmp.rglob("*")):  # mkdtemp (and some writers) make them private; models are meant to be shared
+        if not path.is_symlink():
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
     link_shared_parts(tmp, [Path(p) for p in link_to if Path(p).resolve() != out.resolve()])
     old = out.with_name(f".{out.name}-old")
     if out.exists():

@@ -9,7 +9,8 @@ Loss:    ||G(z)_down - x~_down||_1 (8x average-pooled; less on small images) + l
          pixel differences (``gradient_l1``; the miniature world's style is a 1-px outline), and the tiny
          encoder is fitted too (L1 to z), so the folder also works for image-to-image.
 Data:    the teacher's cached ODE latents, or for the miniature world its renders through the VAE
-         (``latent_source: world``: 16k scenes instead of 1k samples). ``latent_noise`` perturbs each
+         (``latent_source: world``: 16k scenes instead of 1k samples; ``world_style: mixed`` renders half
+         of them pastel, so a style LoRA's images decode as its latents say). ``latent_noise`` perturbs each
          latent (per-sample sigma drawn in [0, latent_noise]) and targets the VAE's decode of the
          perturbed latent: a one-step student's latents lie off the data the decoder saw, and a
          decoder fitted only on clean latents answers there with blotchy textures the VAE does not make.
@@ -60,6 +61,7 @@ class DecoderConfig(PairConfig):
     encoder_weight: float = 1.0  # 0 = leave the tiny encoder untrained
     latent_source: str = "pairs"  # pairs (the teacher's ODE latents) | world (miniature renders, VAE-encoded)
     num_images: int = 16384  # world: rendered scenes
+    world_style: str = "plain"  # world: the renders' style, plain | pastel | mixed (each scene draws one)
     latent_noise: float = 0.0  # max sigma of the Gaussian perturbation of each latent (0 = none)
     student: str = ""  # world: a one-step pipeline folder whose latents join the data ("" = none)
     student_controlnets: list = field(default_factory=list)  # ControlNet folders (type: train_info.json / name)
@@ -78,6 +80,8 @@ class DecoderConfig(PairConfig):
             e.append(f"latent_source={self.latent_source!r} must be pairs or world")
         if self.lambda_edge < 0:
             e.append(f"lambda_edge={self.lambda_edge} must be >= 0")
+        if self.world_style not in ("plain", "pastel", "mixed"):
+            e.append(f"world_style={self.world_style!r} must be plain, pastel or mixed")
         if self.num_images < 1 or self.latent_noise < 0:
             e.append("num_images must be >= 1 and latent_noise >= 0")
         if (self.student_controlnets or self.student_loras) and not self.student:
@@ -151,7 +155,7 @@ class DecoderDistill(Method):
             from trainers.miniature import world
 
             c = self.config
-            real = world.render_batch(c.seed, c.num_images)
+            real = world.render_batch(c.seed, c.num_images, style=c.world_style)
             self.pairs = world_data(teacher["vae"], c.num_images, c.seed, None, real=real)
             if c.student:  # the student's latents for the same scenes
                 z = student_latents(c.student, c.student_controlnets, c.student_loras, list(real["captions"]),
