@@ -313,6 +313,9 @@ def test_decoder_student_options_are_checked_up_front(tmp_path, mid_teacher_dir)
     for bit in ("set latent_source: world", "no model_index.json", "x.safetensors' does not exist", "decoder_init=",
                 "lambda_edge=-1", "world_style='sepia'"):
         assert bit in errors
+    cfg = load_config(DecoderDistill.config_cls, None, {**SMALL, "teacher": str(mid_teacher_dir), "run_dir": str(tmp_path),
+                                                        "latent_source": "pairs", "world_style": "mixed"})
+    assert "world_style='mixed' styles the world renders: set latent_source: world" in cfg.errors()
 
 
 def test_decoder_distillation_exports_autoencoder_tiny(tmp_path, mid_teacher_dir):

@@ -82,6 +82,8 @@ class DecoderConfig(PairConfig):
             e.append(f"lambda_edge={self.lambda_edge} must be >= 0")
         if self.world_style not in ("plain", "pastel", "mixed"):
             e.append(f"world_style={self.world_style!r} must be plain, pastel or mixed")
+        elif self.world_style != "plain" and self.latent_source != "world":
+            e.append(f"world_style={self.world_style!r} styles the world renders: set latent_source: world")
         if self.num_images < 1 or self.latent_noise < 0:
             e.append("num_images must be >= 1 and latent_noise >= 0")
         if (self.student_controlnets or self.student_loras) and not self.student:
