@@ -27,12 +27,15 @@ from benchmarks.miniature_teacher import RESULTS
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "miniature"
 
 
-def legibility(classifier, images, captions: list[str]) -> float:
-    """Share of images whose every stated attribute the classifier reads as the caption says."""
+def read(classifier, images, captions: list[str]):
+    """(the scenes the classifier reads in images, a bool array: read as the caption says)."""
+    import numpy as np
+
     from trainers.miniature.classifier import caption_correct, predict_attributes
     from trainers.miniature.evaluate import to_uint8
 
-    return sum(map(caption_correct, predict_attributes(classifier, to_uint8(images)), captions)) / len(captions)
+    specs = predict_attributes(classifier, to_uint8(images))
+    return specs, np.array([caption_correct(p, c) for p, c in zip(specs, captions)])
 
 
 def restyled_renders(n: int, seed: int = 7) -> dict:
@@ -63,11 +66,11 @@ def roundtrip(images, encoder, decoder, batch: int = 128):
 
 
 def ceiling_row(classifier, name: str, plain, pastel, captions: list[str]) -> dict:
-    from benchmarks.miniature_lora_controlnet import layout_changes
+    from benchmarks.miniature_lora_controlnet import changes_between
 
-    changes = layout_changes(classifier, plain, pastel)
-    return {"path": name, "plain_legibility": legibility(classifier, plain, captions),
-            "pastel_legibility": legibility(classifier, pastel, captions),
+    (a, right_a), (b, right_b) = read(classifier, plain, captions), read(classifier, pastel, captions)
+    changes = changes_between(a, b)
+    return {"path": name, "plain_legibility": float(right_a.mean()), "pastel_legibility": float(right_b.mean()),
             "layout_consistency": 1.0 - changes["any"], "layout_changes": changes}
 
 
@@ -76,12 +79,8 @@ def lora_pair_split(classifier, off, on, prompts: list[str]) -> dict:
     import numpy as np
 
     from benchmarks.miniature_lora_controlnet import _layout
-    from trainers.miniature.classifier import caption_correct, predict_attributes
-    from trainers.miniature.evaluate import to_uint8
 
-    a, b = predict_attributes(classifier, to_uint8(off)), predict_attributes(classifier, to_uint8(on))
-    right_off = np.array([caption_correct(p, c) for p, c in zip(a, prompts)])
-    right_on = np.array([caption_correct(p, c) for p, c in zip(b, prompts)])
+    (a, right_off), (b, right_on) = read(classifier, off, prompts), read(classifier, on, prompts)
     same = np.array([_layout(x) == _layout(y) for x, y in zip(a, b)])
     share = lambda mask: float(same[mask].mean()) if mask.any() else None  # noqa: E731
     return {"layout_consistency": float(same.mean()), "off_legibility": float(right_off.mean()),

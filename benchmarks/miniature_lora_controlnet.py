@@ -65,19 +65,24 @@ def _layout(spec) -> dict:
             "colours": [o.colour for o in spec.objects], "placement": (spec.position, spec.relation)}
 
 
-def layout_changes(classifier, off, on) -> dict[str, float]:
-    """Per layout part, the share of image pairs (LoRA off / on, same prompt and noise) read differently;
+def changes_between(off_specs, on_specs) -> dict[str, float]:
+    """Per layout part, the share of pairs of read scenes (``predict_attributes``) that differ there;
     ``any``: the pairs with at least one part changed (1 - layout consistency)."""
-    from trainers.miniature.classifier import predict_attributes
-    from trainers.miniature.evaluate import to_uint8
-
     changed = {part: 0 for part in (*LAYOUT_PARTS, "any")}
-    for a, b in zip(predict_attributes(classifier, to_uint8(off)), predict_attributes(classifier, to_uint8(on))):
+    for a, b in zip(off_specs, on_specs):
         a, b = _layout(a), _layout(b)
         for part in LAYOUT_PARTS:
             changed[part] += a[part] != b[part]
         changed["any"] += a != b
-    return {part: v / len(off) for part, v in changed.items()}
+    return {part: v / len(off_specs) for part, v in changed.items()}
+
+
+def layout_changes(classifier, off, on) -> dict[str, float]:
+    """``changes_between`` for image pairs (LoRA off / on, same prompt and noise), read by the classifier."""
+    from trainers.miniature.classifier import predict_attributes
+    from trainers.miniature.evaluate import to_uint8
+
+    return changes_between(predict_attributes(classifier, to_uint8(off)), predict_attributes(classifier, to_uint8(on)))
 
 
 def layout_consistency(classifier, off, on) -> float:
