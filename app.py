@@ -4,16 +4,20 @@
     python app.py --model sdxs-512-dreamshaper --controlnet sdxs-512-dreamshaper-sketch --device cuda
     python app.py --host 0.0.0.0 --ssl-certfile cert.pem --ssl-keyfile key.pem   # webcams on other machines
 
-This file is wiring only: models, switching and generation live in ``sdxs_core.studio`` and the
-live loop in ``sdxs_core.stream`` (its WebSocket transport and browser client in ``sdxs_core.live_socket``).
+This file is wiring only: models, switching and generation live in ``sdxs_core.studio``, the
+live loop in ``sdxs_core.stream`` (its WebSocket transport and browser client in ``sdxs_core.live_socket``)
+and training jobs in ``trainers.jobs`` (the Train tab starts them as background processes).
 Browsers need HTTPS (or localhost) to open a webcam.
 """
 
 import argparse
+import time
 from dataclasses import asdict
+from pathlib import Path
 
 import gradio as gr
 import torch
+import yaml
 
 from sdxs_core import live_socket
 from sdxs_core.control import EXTRACTORS
@@ -21,6 +25,9 @@ from sdxs_core.devices import serving_threads
 from sdxs_core.errors import SDXSError
 from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats, control_mismatch
 from sdxs_core.studio import STYLES, ModelHub, TextRequest, sketch_to_control, text_to_image
+from trainers.jobs.inputs import data_folders, resolve_data_folder, save_image_uploads, save_lora_upload
+from trainers.jobs.manager import JobManager, JobView
+from trainers.jobs.plan import CONTROL_TYPES, TRAIN_TEACHER, JobError, JobRequest, teacher_unet
 
 DEFAULT_PROMPT = "a red heart above a blue star on a white background"
 LIVE_STREAMS = 2  # webcams served at once; a third page retries until a slot frees
@@ -47,7 +54,10 @@ CSS = """
 #live-mirror { appearance: auto; accent-color: var(--color-accent); width: 1.1em; height: 1.1em; margin: 0 0.3em 0 0; }
 #live-readout { min-height: 3em; }
 #banner { border-left: 4px solid var(--color-accent); padding-left: 0.75em; }
+#train-sample img { width: 100%; image-rendering: pixelated; }
+#train-progress progress { width: 100%; height: 1.2em; accent-color: var(--color-accent); }
 """
+MAX_UPLOAD = "64mb"  # per file, for every upload of the app (Gradio refuses larger ones)
 
 
 # The Live tab's own markup: sdxs_core/live_client.js streams the webcam over a WebSocket
@@ -68,11 +78,12 @@ LIVE_HTML = """<div class="sdxs-live">
 
 def launch_options(hub: ModelHub) -> dict:
     """``launch`` arguments beyond host and port: theme and CSS (Gradio 6 takes them here; system
-    fonts, so nothing is fetched) and the live loop's WebSocket route, served beside the app."""
+    fonts, so nothing is fetched), the upload limit and the live loop's WebSocket route."""
     theme = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])
     gate = live_socket.LiveGate(slots=LIVE_STREAMS, turn_s=LIVE_TURN_S)
-    return {"theme": theme, "css": CSS, "app_kwargs": {"routes": live_socket.live_routes(hub, gate)}}
+    return {"theme": theme, "css": CSS, "max_file_size": MAX_UPLOAD,
+            "app_kwargs": {"routes": live_socket.live_routes(hub, gate)}}
 
 
 # ---- text shown to the user ---------------------------------------------------------------------
@@ -105,9 +116,329 @@ def catalogue(hub: ModelHub) -> str:
     return "\n".join(rows)
 
 
+def job_choices(jobs: "TrainJobs") -> list[tuple[str, int]]:
+    return [(f"#{j.id} {j.name} · {j.state}", j.id) for j in reversed(jobs.manager.jobs())]
+
+
+def job_table(jobs: "TrainJobs") -> list[list]:
+    rows = []
+    for j in reversed(jobs.manager.jobs()):
+        share = ""
+        if j.state == "running":
+            p = jobs.manager.view(j.id).progress or {}
+            share = f"{100 * p.get('job_share', 0):.0f} %"
+        rows.append([j.id, j.name, j.kind, j.state, share, time.strftime("%m-%d %H:%M", time.localtime(j.created))])
+    return rows
+
+
+def job_status(view: JobView) -> str:
+    """The job page's header: state, stage, step / total, images/s, ETA, and why it ended."""
+    j, p = view.job, view.progress or {}
+    stages = [s["name"] for s in view.plan.get("stages", [])]
+    lines = [f"**#{j.id} {j.name}** · {j.kind} · **{j.state}** · {j.device} · stages: {' → '.join(stages)}"]
+    if j.state == "running" and p:
+        if p.get("phase") == "setup":
+            lines.append(f"Stage {p['stage_index'] + 1}/{len(stages)} **{p['stage']}**: preparing (models, data, "
+                         "teacher pairs)…")
+        elif p.get("phase") == "training":
+            eta = p.get("stage_eta_s")
+            lines.append(f"Stage {p['stage_index'] + 1}/{len(stages)} **{p['stage']}**: step {p['step']} / {p['steps']}"
+                         f" · {p['images_per_s']:.1f} images/s" + (f" · ETA {eta / 60:.1f} min" if eta else ""))
+        else:
+            lines.append(f"{p.get('phase', '')}…")
+    elif j.state == "queued":
+        lines.append("Waiting for the device: one training job runs at a time.")
+    if j.reason:
+        lines.append(f"⚠️ {j.reason}")
+    if view.artefact:
+        lines.append(f"Result: `jobs/{j.folder}` — pick it in the Models tab or press **Use now**.")
+    return "\n\n".join(lines)
+
+
+def progress_html(view: JobView) -> str:
+    share = 1.0 if view.job.state == "finished" else (view.progress or {}).get("job_share", 0.0)
+    return f'<progress max="1" value="{share:.3f}"></progress> {100 * share:.0f} % of the job'
+
+
+def loss_frame(view: JobView):
+    """Loss curves as long-form rows (step, loss, series) for a ``gr.LinePlot``."""
+    import pandas as pd
+
+    rows = [{"step": m["step"], "loss": v, "series": f"{m['stage']} {k.removesuffix('/loss')}"}
+            for m in view.metrics for k, v in m.items() if k.endswith("/loss") and isinstance(v, (int, float))]
+    return pd.DataFrame(rows or [], columns=["step", "loss", "series"]).astype({"step": float, "loss": float})
+
+
+def parse_overrides(text: str) -> dict:
+    """The Advanced box: YAML ``stage: {option: value}``."""
+    if not (text or "").strip():
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise JobError(f"Advanced options: not YAML ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise JobError("Advanced options: write 'stage: {option: value}', e.g. 'lora_ssd: {max_steps: 300}'")
+    return data
+
+
+class TrainJobs:
+    """What the Train tab needs besides the manager: where uploads go, the data root it may offer,
+    and the teacher-side models a form may pick (by key, never by path)."""
+
+    def __init__(self, manager: JobManager, hub: ModelHub, data_root: Path | None):
+        self.manager, self.hub, self.data_root = manager, hub, data_root
+        self.uploads = manager.root / "uploads"
+        self._teacher_unets: dict = {}
+
+    def folders(self) -> list[str]:
+        return data_folders(self.data_root)
+
+    def teacher_adapters(self, kind: str, preset: str) -> list[tuple[str, str]]:
+        """LoRAs / ControlNets that fit the preset's multi-step teacher (what a job distils from)."""
+        unet = self._teacher_unets.get(preset)
+        if unet is None:
+            unet = self._teacher_unets[preset] = teacher_unet(preset, self.manager.presets)
+        return [(e.label, e.key) for e in self.hub.entries(kind) if unet is not None and self.hub.fits(e, unet)]
+
+    def source_of(self, kind: str, key: str) -> str:
+        entry = self.hub.lookup(kind, key)
+        if entry is None:
+            raise JobError(f"{key!r} is not one of the {kind}s this server offers")
+        return entry.source
+
+    def images(self, uploads, folder: str) -> str:
+        if uploads:
+            return str(save_image_uploads(uploads, self.uploads))
+        if folder:
+            return str(resolve_data_folder(self.data_root, folder))
+        return ""
+
+
+# ---- the Train tab --------------------------------------------------------------------------------
+TRAIN_INTRO = ("Distil a style LoRA or a ControlNet into the one-step model, in the background: keep using the "
+               "other tabs while it trains. One job runs at a time; the rest wait in the queue. A finished "
+               "result appears in the Models tab at once.")
+LORA_FROM = ("a LoRA of the multi-step base", "style images")
+CN_DATA = ("the miniature world", "uploaded images", "a folder under the data root")
+TEACHER_CN_DEFAULT = "the preset's (or train one first)"
+
+
+def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
+    """Two job forms, the job list and the selected job's page, refreshed every 2 s."""
+    presets = jobs.manager.preset_names()
+    default_preset = "quick" if "quick" in presets else presets[0]
+    gr.Markdown(TRAIN_INTRO)
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Tab("Style LoRA"):
+                lora_from = gr.Radio(list(LORA_FROM), value=LORA_FROM[0], label="Start from")
+                teacher_loras = jobs.teacher_adapters("lora", default_preset)
+                lora_pick = gr.Dropdown(teacher_loras, value=teacher_loras[0][1] if teacher_loras else None,
+                                        label="LoRA of the multi-step base",
+                                        info="diffusers, PEFT or kohya; the teacher's pastel LoRA ships as an example",
+                                        elem_id="train-lora-pick")
+                lora_file = gr.File(label="…or upload one (.safetensors)", file_types=[".safetensors"], type="filepath")
+                style_files = gr.File(label="Style images (at least 8; a NAME.txt beside an image is its caption)",
+                                      file_count="multiple", file_types=["image", ".txt"], type="filepath",
+                                      visible=False, elem_id="train-style-files")
+                style_folder = gr.Dropdown(jobs.folders(), value=None, label="…or a folder under the data root",
+                                           visible=False)
+                with gr.Row(visible=False) as caption_row:
+                    trigger = gr.Textbox(label="Trigger word", placeholder="e.g. sks")
+                    caption_with = gr.Radio(["preset", "template", "classifier"], value="preset",
+                                            label="Captions for images without NAME.txt",
+                                            info="classifier: the miniature world's reads each scene")
+                    caption_template = gr.Textbox(label="Caption template", placeholder="{trigger}, or {caption}, {trigger}")
+                lora_name = gr.Textbox(label="Job name", placeholder="my-style", elem_id="train-lora-name")
+                lora_preset = gr.Dropdown(presets, value=default_preset, label="Preset",
+                                          info="quick: minutes on a CPU · full: the shipped recipes · sdxs-512-*: a GPU")
+                with gr.Accordion("Advanced", open=False):
+                    lora_overrides = gr.Code("", language="yaml", label="Stage options (YAML: stage: {option: value})",
+                                             elem_id="train-lora-overrides")
+                    lora_procs = gr.Number(1, precision=0, minimum=1, label="Processes (accelerate launch)")
+                lora_start = gr.Button("Start", variant="primary", elem_id="train-lora-start")
+            with gr.Tab("ControlNet"):
+                cn_type = gr.Radio(list(CONTROL_TYPES), value="canny", label="Control type",
+                                   info="the same extractors as the Live tab")
+                cn_data = gr.Radio(list(CN_DATA), value=CN_DATA[0], label="Images")
+                cn_files = gr.File(label="Images (maps are extracted automatically)", file_count="multiple",
+                                   file_types=["image", ".txt"], type="filepath", visible=False)
+                cn_folder = gr.Dropdown(jobs.folders(), value=None, label="Folder under the data root", visible=False)
+                cn_teacher = gr.Dropdown([TEACHER_CN_DEFAULT, "train one first",
+                                          *jobs.teacher_adapters("controlnet", default_preset)],
+                                         value=TEACHER_CN_DEFAULT, label="Teacher ControlNet")
+                cn_name = gr.Textbox(label="Job name", placeholder="my-canny")
+                cn_preset = gr.Dropdown(presets, value=default_preset, label="Preset")
+                with gr.Accordion("Advanced", open=False):
+                    cn_overrides = gr.Code("", language="yaml", label="Stage options (YAML: stage: {option: value})")
+                    cn_procs = gr.Number(1, precision=0, minimum=1, label="Processes (accelerate launch)")
+                cn_start = gr.Button("Start", variant="primary")
+            submit_info = gr.Markdown(elem_id="train-submit-info")
+        with gr.Column(scale=3):
+            job_list = gr.Dataframe(job_table(jobs), headers=["id", "name", "kind", "state", "done", "created"],
+                                    interactive=False, label="Jobs", max_height=220, elem_id="train-jobs")
+            job_pick = gr.Dropdown(job_choices(jobs), label="Job", elem_id="train-job-pick")
+            status = gr.Markdown(elem_id="train-status")
+            bar = gr.HTML(elem_id="train-progress")
+            with gr.Row():
+                cancel = gr.Button("Cancel", variant="stop", size="sm", elem_id="train-cancel")
+                resume = gr.Button("Resume", size="sm", elem_id="train-resume")
+                use_now = gr.Button("Use now", variant="primary", size="sm", elem_id="train-use-now")
+                download = gr.DownloadButton("Download safetensors", size="sm", visible=False, elem_id="train-download")
+            with gr.Row():
+                losses = gr.LinePlot(x="step", y="loss", color="series", label="Losses", height=260, elem_id="train-losses")
+                sample = gr.Image(label="Validation samples (same prompts and seeds every time)", format="png",
+                                  interactive=False, height=260, elem_id="train-sample")
+            log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="train-log")
+    timer = gr.Timer(2.0)
+    seen = gr.State(())  # the finished artefacts this page has offered in its pickers
+
+    def lora_visibility(source):
+        images = source == LORA_FROM[1]
+        return (gr.update(visible=not images), gr.update(visible=not images), gr.update(visible=images),
+                gr.update(visible=images), gr.update(visible=images))
+
+    def cn_visibility(data):
+        return gr.update(visible=data == CN_DATA[1]), gr.update(visible=data == CN_DATA[2])
+
+    def submit(request: JobRequest):
+        try:
+            job = jobs.manager.submit(request)
+        except JobError as e:
+            gr.Warning(str(e).split("\n")[0])
+            return "⚠️ Not started:\n\n" + "\n".join(f"- {line}" for line in str(e).splitlines()), None
+        return f"Job **#{job.id} {job.name}** {job.state}.", job.id
+
+    def submit_lora(source, pick, upload, files, folder, trig, captions, template, name, preset, overrides, procs):
+        try:
+            if source == LORA_FROM[0]:
+                style_lora = str(save_lora_upload(upload, jobs.uploads)) if upload else \
+                    jobs.source_of("lora", pick) if pick else ""
+                if not style_lora:
+                    raise JobError("pick or upload a LoRA of the multi-step base")
+                images = ""
+            else:
+                style_lora, images = "", jobs.images(files, folder)
+                if not images:
+                    raise JobError("images: upload at least 8 style images or pick a folder")
+            request = JobRequest("lora", name or "", preset, style_lora=style_lora, images=images, trigger=trig or "",
+                                 caption_template=template or "", caption_with="" if captions == "preset" else captions,
+                                 num_processes=int(procs or 1), overrides=parse_overrides(overrides))
+        except JobError as e:
+            gr.Warning(str(e))
+            return f"⚠️ Not started: {e}", None
+        return submit(request)
+
+    def submit_controlnet(control, data, files, folder, teacher, name, preset, overrides, procs):
+        try:
+            images = "" if data == CN_DATA[0] else jobs.images(files if data == CN_DATA[1] else None,
+                                                               folder if data == CN_DATA[2] else "")
+            if data != CN_DATA[0] and not images:
+                raise JobError("images: upload images or pick a folder under the data root")
+            teacher_cn = "" if teacher == TEACHER_CN_DEFAULT else TRAIN_TEACHER if teacher == "train one first" \
+                else jobs.source_of("controlnet", teacher)
+            request = JobRequest("controlnet", name or "", preset, images=images, control_type=control,
+                                 teacher_controlnet=teacher_cn, num_processes=int(procs or 1),
+                                 overrides=parse_overrides(overrides))
+        except JobError as e:
+            gr.Warning(str(e))
+            return f"⚠️ Not started: {e}", None
+        return submit(request)
+
+    def page(job_id, seen_before):
+        """The job list and the selected job's page; the Models tab's pickers when a result is new."""
+        artefacts = tuple(sorted(jobs.manager.artefacts()))
+        models = [gr.skip()] * len(model_outputs)
+        if artefacts != tuple(seen_before):
+            jobs.hub.rescan()
+            models = list(model_view())
+        table = job_table(jobs)
+        if job_id is None:
+            return (table, gr.skip(), "Pick a job, or start one on the left.", "", None, None, "",
+                    gr.update(visible=False), artefacts, *models)
+        try:
+            view = jobs.manager.view(int(job_id))
+        except (KeyError, ValueError):
+            return (table, gr.update(choices=job_choices(jobs), value=None), "That job is gone.", "", None, None, "",
+                    gr.update(visible=False), artefacts, *models)
+        file = view.artefact_file
+        return (table, gr.update(choices=job_choices(jobs)), job_status(view), progress_html(view), loss_frame(view),
+                str(view.sample) if view.sample else None, view.log_tail,
+                gr.update(visible=file is not None, value=str(file) if file else None), artefacts, *models)
+
+    def act(action, job_id):
+        if job_id is None:
+            gr.Warning("Pick a job first.")
+            return "Pick a job first."
+        try:
+            job = action(int(job_id))
+        except (JobError, KeyError) as e:
+            gr.Warning(str(e.args[0]))
+            return f"⚠️ {e.args[0]}"
+        return f"Job **#{job.id}** {job.state}" + (": stopping after its next step (a checkpoint first)."
+                                                   if action == jobs.manager.cancel and job.state == "running" else ".")
+
+    def apply(job_id):
+        """Use now: the job's result becomes the app's LoRA or ControlNet (Text to image and Live)."""
+        if job_id is None:
+            return model_view("Pick a finished job first.")
+        view = jobs.manager.view(int(job_id))
+        if view.artefact is None:
+            return model_view(f"Job #{view.job.id} is {view.job.state}: only a finished job has a result to use.")
+        jobs.hub.rescan()
+        kind = "lora" if view.job.kind == "lora" else "controlnet"
+        key = next((e.key for e in jobs.hub.entries(kind) if Path(e.source).is_relative_to(view.artefact)), None)
+        if key is None:
+            return model_view(f"Job #{view.job.id}'s result is not a {kind} the app can load.")
+        return model_view(jobs.hub.set_lora(key) if kind == "lora" else jobs.hub.set_controlnet(key))
+
+    lora_from.change(lora_visibility, lora_from, [lora_pick, lora_file, style_files, style_folder, caption_row],
+                     api_visibility="private")
+    cn_data.change(cn_visibility, cn_data, [cn_files, cn_folder], api_visibility="private")
+    new_job = gr.Number(visible=False, precision=0)  # the API's answer: the job's id (None when refused)
+
+    def show_job(job_id):
+        return gr.update(choices=job_choices(jobs), value=job_id) if job_id is not None else gr.skip()
+
+    lora_start.click(submit_lora, [lora_from, lora_pick, lora_file, style_files, style_folder, trigger, caption_with,
+                                   caption_template, lora_name, lora_preset, lora_overrides, lora_procs],
+                     [submit_info, new_job], api_name="train_lora").then(show_job, new_job, job_pick,
+                                                                         api_visibility="private")
+    cn_start.click(submit_controlnet, [cn_type, cn_data, cn_files, cn_folder, cn_teacher, cn_name, cn_preset,
+                                       cn_overrides, cn_procs], [submit_info, new_job],
+                   api_name="train_controlnet").then(show_job, new_job, job_pick, api_visibility="private")
+    page_outputs = [job_list, job_pick, status, bar, losses, sample, log, download, seen, *model_outputs]
+    gr.on([timer.tick, job_pick.change], page, [job_pick, seen], page_outputs, api_visibility="private",
+          show_progress="hidden", trigger_mode="always_last")
+    # the buttons act on the picked job; API clients name it by id (hidden twins of the same handlers)
+    jobs_api, job_id_api = gr.JSON(visible=False), gr.Number(visible=False, precision=0)
+    for button, handler, outputs, name in (
+            (cancel, lambda j: act(jobs.manager.cancel, j), submit_info, "train_cancel"),
+            (resume, lambda j: act(jobs.manager.resume, j), submit_info, "train_resume"),
+            (use_now, apply, model_outputs, "train_use")):
+        button.click(handler, job_pick, outputs, api_visibility="private")
+        gr.Button(visible=False).click(handler, job_id_api, outputs, api_name=name)
+    gr.Button(visible=False).click(lambda: [j.to_dict() for j in jobs.manager.jobs()], None, jobs_api,
+                                   api_name="train_jobs")
+    gr.Button(visible=False).click(lambda j: job_api_view(jobs, j), job_id_api, jobs_api, api_name="train_job")
+
+
+def job_api_view(jobs: TrainJobs, job_id) -> dict:
+    """``/train_job`` for API clients: the job row, its progress, the last metrics and its result's key."""
+    try:
+        view = jobs.manager.view(int(job_id))
+    except (KeyError, TypeError, ValueError):
+        raise gr.Error(f"job: no job {job_id!r}") from None
+    return {"job": view.job.to_dict(), "progress": view.progress, "metrics": view.metrics[-20:],
+            "stages": [s["name"] for s in view.plan.get("stages", [])],
+            "samples": len(view.samples), "result": f"jobs/{view.job.folder}" if view.artefact else None}
+
+
 # ---- the page -------------------------------------------------------------------------------------
-def build_demo(hub: ModelHub) -> gr.Blocks:
-    """The Blocks app over one ``ModelHub``; every handler delegates to sdxs_core."""
+def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
+    """The Blocks app over one ``ModelHub`` (and the training jobs, unless ``jobs`` is None: no
+    Train tab); every handler delegates to sdxs_core or trainers.jobs."""
     engine_queue = dict(concurrency_id="engine", concurrency_limit=ENGINE_SLOTS)
 
     def run_live(session: LiveSession, frame, params: LiveParams) -> FrameResult | None:
@@ -236,6 +567,9 @@ def build_demo(hub: ModelHub) -> gr.Blocks:
         # ---- events ----
         t2i_inputs = [prompt, style, seed, randomize, num_images]
         model_outputs = [banner, model, controlnet, lora, table]
+        if jobs is not None:
+            with gr.Tab("Train"):
+                build_train_tab(jobs, model_view, model_outputs)
         prompt.change(generate, t2i_inputs, [gallery, t2i_info], trigger_mode="always_last",
                       show_progress="minimal", api_name="generate", **engine_queue)
         gr.on([style.input, seed.input, randomize.input, num_images.release], generate, t2i_inputs,
@@ -281,21 +615,37 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch CPU threads (default: every core but one, left to the web server)")
     parser.add_argument("--eager", action="store_true",
                         help="run the networks eagerly, without the traced one-step graphs used on a CPU")
+    parser.add_argument("--jobs-dir", default="runs/jobs", help="the training job store (shared with python -m trainers.jobs)")
+    parser.add_argument("--data-root", default=None,
+                        help="folders of images under this one may be picked in the Train tab (default: none, uploads only)")
+    parser.add_argument("--train-threads", type=int, default=None,
+                        help="CPU threads of a training job (default: half the cores; it also runs at lower priority)")
+    parser.add_argument("--no-train", action="store_true", help="no Train tab and no training jobs")
     args = parser.parse_args(argv)
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         parser.error("--ssl-certfile and --ssl-keyfile go together")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.train_threads is not None and args.train_threads < 1:
+        parser.error("--train-threads must be >= 1")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        parser.error(f"--data-root {args.data_root!r} is not a folder")
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or serving_threads())
-    hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None)
+    manager = None if args.no_train else JobManager(args.jobs_dir, threads=args.train_threads)
+    hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None,
+                   extra=manager.artefacts if manager else None)
     notice = hub.start(args.model or hub.default_model(), controlnet=args.controlnet)
     print(notice.replace("**", ""))
-    demo = build_demo(hub)
+    jobs = None
+    if manager is not None:
+        manager.start_scheduler()  # marks jobs of a previous run interrupted, then runs the queue
+        jobs = TrainJobs(manager, hub, Path(args.data_root) if args.data_root else None)
+    demo = build_demo(hub, jobs)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 ssl_verify=not args.ssl_certfile,  # an operator's own certificate is usually self-signed

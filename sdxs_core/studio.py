@@ -19,6 +19,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -160,9 +161,10 @@ def _local_path(entry: Entry) -> Path | None:
     return path if (preset is None or preset.bundled) and path.exists() else None
 
 
-def discover(search_dirs: list[Path]) -> list[Entry]:
+def discover(search_dirs: list[Path], extra: dict[str, Path] | None = None) -> list[Entry]:
     """Presets plus every pipeline, ControlNet and LoRA under ``search_dirs`` (keys are
-    ``<dir name>/<relative path>``, e.g. ``outputs/my-run/final``)."""
+    ``<dir name>/<relative path>``, e.g. ``outputs/my-run/final``) and in the ``extra`` folders
+    (key -> folder: e.g. finished training jobs' outputs, ``jobs/0003-my-style``)."""
     entries = []
     for p in PRESETS.values():
         if p.bundled and not Path(p.source).exists():
@@ -172,11 +174,15 @@ def discover(search_dirs: list[Path]) -> list[Entry]:
     for root in search_dirs:
         if root.is_dir():
             entries += _scan(root, root, 0)
+    for key, folder in (extra or {}).items():
+        if folder.is_dir():
+            entries += _scan(folder, folder, MAX_DEPTH, key)
     return entries
 
 
-def _scan(root: Path, folder: Path, depth: int) -> list[Entry]:
-    key = f"{root.name}/{folder.relative_to(root).as_posix()}"
+def _scan(root: Path, folder: Path, depth: int, root_key: str | None = None) -> list[Entry]:
+    root_key = root_key or root.name
+    key = f"{root_key}/{folder.relative_to(root).as_posix()}".removesuffix("/.")
     if (folder / "model_index.json").is_file():
         unet = _read_json(folder / "unet" / "config.json")
         base = str(BaseShape.from_config(unet)) if unet else "unknown"
@@ -194,9 +200,9 @@ def _scan(root: Path, folder: Path, depth: int) -> list[Entry]:
         if child.name.startswith("."):
             continue
         if child.is_dir() and depth < MAX_DEPTH:
-            found += _scan(root, child, depth + 1)
+            found += _scan(root, child, depth + 1, root_key)
         elif child.suffix == ".safetensors" and (shapes := _lora_key_shapes(child)):
-            name = f"{root.name}/{child.relative_to(root).as_posix()}"
+            name = f"{root_key}/{child.relative_to(root).as_posix()}"
             found.append(Entry(name, "lora", str(child), name, f"cross-attn {_lora_cross_dim(shapes)}"))
     return found
 
@@ -258,8 +264,9 @@ class ModelHub:
     each action returns a notice to show instead."""
 
     def __init__(self, search_dirs: list[Path] | None = None, device: str | None = None, dtype: str | None = None,
-                 outputs: Path = OUTPUTS, graphs: bool | None = None):
+                 outputs: Path = OUTPUTS, graphs: bool | None = None, extra: Callable[[], dict[str, Path]] | None = None):
         self.search_dirs = list(search_dirs) if search_dirs is not None else [OUTPUTS, ASSETS]
+        self.extra = extra  # more folders to offer, asked at every rescan (finished training jobs)
         self.outputs = outputs
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
@@ -277,7 +284,7 @@ class ModelHub:
 
     # ---- what is offered ----------------------------------------------------------------------
     def rescan(self) -> None:
-        found = {(e.kind, e.key): e for e in discover(self.search_dirs)}
+        found = {(e.kind, e.key): e for e in discover(self.search_dirs, self.extra() if self.extra else None)}
         self._entries = {**found, **self._operator}
 
     def register(self, source: str, kind: str = "pipeline") -> str:
@@ -298,24 +305,26 @@ class ModelHub:
     @property
     def controlnet_control(self) -> str:
         """The attached ControlNet's control type ("" when none is attached or it is unknown)."""
-        entry = self._lookup("controlnet", self.controlnet_key)
+        entry = self.lookup("controlnet", self.controlnet_key)
         return entry.control if entry else ""
 
     @property
     def shape(self) -> BaseShape | None:
         return BaseShape.from_config(self.engine.unet.config) if self.engine else None
 
-    def fits(self, entry: Entry) -> bool:
-        """Whether a ControlNet or LoRA entry fits the loaded base."""
-        if self.engine is None:
+    def fits(self, entry: Entry, unet=None) -> bool:
+        """Whether a ControlNet or LoRA entry fits the loaded base (or ``unet``, e.g. a teacher's)."""
+        unet = unet if unet is not None else (self.engine.unet if self.engine is not None else None)
+        if unet is None:
             return False
+        shape = BaseShape.from_config(unet.config)
         path = _local_path(entry)
         if path is None:  # on the hub: judge by the family it was released for
-            return FAMILY_SHAPES.get(entry.base) == self.shape
+            return FAMILY_SHAPES.get(entry.base) == shape
         if entry.kind == "controlnet":
             config = _read_json(path / "config.json")
-            return config is not None and BaseShape.from_config(config) == self.shape
-        return lora_fits(self.engine.unet, str(path))
+            return config is not None and BaseShape.from_config(config) == shape
+        return lora_fits(unet, str(path))
 
     def choices(self, kind: str) -> list[tuple[str, str]]:
         """Dropdown (label, key) pairs: every model, or the adapters that fit the loaded base
@@ -326,7 +335,8 @@ class ModelHub:
             entries = [e for e in entries if e.key == active or self.fits(e)]
         return [(e.label, e.key) for e in entries]
 
-    def _lookup(self, kind: str, key) -> Entry | None:
+    def lookup(self, kind: str, key) -> Entry | None:
+        """The offered entry of ``kind`` under ``key`` (a client's pick), or None: never a path."""
         return self._entries.get((kind, key)) if isinstance(key, str) else None
 
     def _refused(self, kind: str, key) -> str:
@@ -345,14 +355,14 @@ class ModelHub:
     def start(self, model: str, controlnet: str | None = None) -> str:
         """Load the first model at launch; an unavailable one falls back to the bundled miniature
         model (or the tiny test model when that is not installed), so the app always opens."""
-        key = model if self._lookup("pipeline", model) else self.register(model)
+        key = model if self.lookup("pipeline", model) else self.register(model)
         notice = self.load_model(key)
         if self.engine is None:
             fallback = self.default_model()
             notice = notice.rstrip(". ") + f". Falling back to **{fallback}**. " + self.load_model(fallback)
         cn_key = None
         if controlnet is not None:
-            cn_key = controlnet if self._lookup("controlnet", controlnet) else self.register(controlnet, "controlnet")
+            cn_key = controlnet if self.lookup("controlnet", controlnet) else self.register(controlnet, "controlnet")
             notice += " " + self.set_controlnet(cn_key)
         if self.model_key != key or self.controlnet_key != (cn_key or self.controlnet_key):
             # not what the operator asked for: say why on the page, for as long as this model is loaded
@@ -371,7 +381,7 @@ class ModelHub:
         return key
 
     def load_model(self, key) -> str:
-        entry = self._lookup("pipeline", key)
+        entry = self.lookup("pipeline", key)
         if entry is None:
             return self._refused("model", key)
         try:
@@ -385,7 +395,7 @@ class ModelHub:
             self.engine, self.model_key, self.controlnet_key, self.lora_key = engine, entry.key, None, None
         notice = f"Loaded **{entry.key}** ({self.shape})." + (" LoRA removed." if previous_lora else "")
         fitting = [k for _, k in self.choices("controlnet")]
-        entries = (self._lookup("controlnet", k) for k in fitting)
+        entries = (self.lookup("controlnet", k) for k in fitting)
         local = sorted((e for e in entries if _local_path(e)), key=control_rank)  # stable: alphabetical within a type
         pick = previous_cn if previous_cn in fitting else next((e.key for e in local), None)
         if pick is not None:
@@ -403,7 +413,7 @@ class ModelHub:
                     self.engine.set_controlnet(None)
                 self.controlnet_key = None
             return "ControlNet detached: live and sketch need one."
-        entry = self._lookup("controlnet", key)
+        entry = self.lookup("controlnet", key)
         if entry is None:
             return self._refused("ControlNet", key)
         if self.engine is None:
@@ -419,7 +429,7 @@ class ModelHub:
 
     def set_lora(self, key, scale: float = 1.0) -> str:
         """Make ``key`` the one active LoRA (``None`` or "none" removes it)."""
-        entry = None if key in (None, "none") else self._lookup("lora", key)
+        entry = None if key in (None, "none") else self.lookup("lora", key)
         if key not in (None, "none") and entry is None:
             return self._refused("LoRA", key)
         if self.engine is None:

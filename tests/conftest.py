@@ -54,3 +54,33 @@ def engine(tiny_dir):
     from sdxs_core import load_engine
 
     return load_engine(tiny_dir, device="cpu")
+
+
+TINY_STAGE = dict(batch_size=2, num_pairs=4, teacher_steps=2, num_prompts=8, max_steps=6, checkpoint_every=2,
+                  validate_every=2, log_every=1, val_prompts=["a b"], lr=1e-3)
+
+
+@pytest.fixture(scope="session")
+def presets(tmp_path_factory, tiny_dir, tiny_controlnet_dir):
+    """Job presets for the tiny test models: ``tiny`` (every stage a job can run, a few steps) and
+    ``slow`` (one LoRA-SSD stage long enough to cancel or kill mid-way)."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("presets")
+    small = {k: v for k, v in TINY_STAGE.items() if k not in ("num_pairs", "teacher_steps")}
+    preset = {
+        "description": "tiny test models",
+        "models": {"teacher": str(tiny_dir), "student": str(tiny_dir),
+                   "teacher_controlnet": {"canny": str(tiny_controlnet_dir)}},
+        "stages": {
+            "lora_teacher": {"set": {**small, "validate_every": 0}},
+            "lora_ssd": {"set": dict(TINY_STAGE, fresh_ratio=1.0)},
+            "controlnet_teacher": {"set": small},
+            "controlnet_ssd": {"set": dict(TINY_STAGE, stage="ssd", val_prompts=["a"])},
+        },
+    }
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(preset))
+    slow = {**preset, "stages": {"lora_ssd": {"set": dict(TINY_STAGE, fresh_ratio=1.0, max_steps=40, checkpoint_every=5,
+                                                              validate_every=10)}}}
+    (folder / "slow.yaml").write_text(yaml.safe_dump(slow))
+    return folder

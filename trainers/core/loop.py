@@ -30,6 +30,14 @@ class NonFiniteLossError(FloatingPointError):
     """Training stopped on a NaN/inf loss or gradient; the last good checkpoint is kept."""
 
 
+class TrainingStopped(Exception):
+    """Training stopped on request (``stop`` returned true) after saving a checkpoint to resume from."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"stopped on request at step {step}; checkpoint {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 @dataclass
 class Phase:
     name: str
@@ -106,8 +114,13 @@ def _device_of(config: TrainConfig) -> str:
 
 
 # ---- the loop ---------------------------------------------------------------------------------------
-def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = None) -> Path:
-    """Run ``method`` under ``config``; returns the exported output folder (run_dir/final)."""
+def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = None,
+          stop: Callable[[], bool] | None = None) -> Path:
+    """Run ``method`` under ``config``; returns the exported output folder (run_dir/final).
+
+    ``on_step(step)`` runs after every step; ``stop()`` is asked after every step too (on every
+    process; any one saying yes stops all): the loop then saves a checkpoint and raises
+    ``TrainingStopped``, so a cancelled background job resumes where it stopped."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
@@ -240,6 +253,12 @@ def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = N
             _validate(accelerator, method, run_dir, step)
         if on_step is not None:
             on_step(step)
+        if stop is not None and not finished and _anyone(accelerator, stop()):
+            state = {"step": step, "images_seen": step * images_per_step, "train_seconds": round(train_seconds(), 2)}
+            saved = save_checkpoint(accelerator, run_dir, step, state, config.keep_checkpoints)
+            bar.close()
+            accelerator.end_training()
+            raise TrainingStopped(step, saved)
     bar.close()
 
     # 5. save: EMA weights if kept, else the trained ones
@@ -256,6 +275,13 @@ def train(config: TrainConfig, method, on_step: Callable[[int], None] | None = N
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def _anyone(accelerator, flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any one of them."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    return accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="max").item() > 0
 
 
 def _validate(accelerator, method, run_dir: Path, step: int) -> None:

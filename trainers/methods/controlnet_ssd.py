@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from trainers.core.diffusion import one_step, write_pipeline_atomically
+from trainers.core.image_folder import encode_latents
 from trainers.core.loop import Phase
 from trainers.core.losses import DenoisingLoss, KDLoss, ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder, unwrap
 from trainers.core.method import borrowed, main
@@ -149,15 +150,7 @@ def world_data(vae, n: int, seed: int, control_type: str | None, style: str = "p
     from trainers.miniature.evaluate import control_maps
 
     real = real or world.render_batch(seed, n, style=style)
-    device = next(vae.parameters()).device
-    latents = []
-    for s in range(0, n, chunk):
-        images = torch.as_tensor(real["images"][s:s + chunk]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
-        with torch.no_grad():
-            enc = vae.encode(images)
-        latents.append(((enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents)  # KL | tiny
-                        * vae.config.scaling_factor).float().cpu())
-    latents = torch.cat(latents)
+    latents = encode_latents(vae, real["images"], chunk)
     data = {"noise": torch.zeros_like(latents), "latents": latents, "prompts": list(real["captions"])}
     if control_type is not None:
         data["maps"] = np.stack(control_maps(real, control_type))
