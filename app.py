@@ -395,6 +395,11 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
 
     lora_from.change(lora_visibility, lora_from, [lora_pick, lora_file, style_files, style_folder, caption_row],
                      api_visibility="private")
+    lora_preset.change(lambda p: gr.update(choices=jobs.teacher_adapters("lora", p), value=None), lora_preset,
+                       lora_pick, api_visibility="private")  # another preset may mean another teacher
+    cn_preset.change(lambda p: gr.update(choices=[TEACHER_CN_DEFAULT, "train one first",
+                                                  *jobs.teacher_adapters("controlnet", p)], value=TEACHER_CN_DEFAULT),
+                     cn_preset, cn_teacher, api_visibility="private")
     cn_data.change(cn_visibility, cn_data, [cn_files, cn_folder], api_visibility="private")
     new_job = gr.Number(visible=False, precision=0)  # the API's answer: the job's id (None when refused)
 

@@ -84,3 +84,11 @@ def presets(tmp_path_factory, tiny_dir, tiny_controlnet_dir):
                                                               validate_every=10)}}}
     (folder / "slow.yaml").write_text(yaml.safe_dump(slow))
     return folder
+
+
+@pytest.fixture(scope="session")
+def style_lora(tiny_dir, tmp_path_factory):
+    """A LoRA of the tiny teacher, as a user's existing style LoRA for a job to distil."""
+    from sdxs_core.testkit import write_tiny_lora
+
+    return write_tiny_lora(tiny_dir, tmp_path_factory.mktemp("style") / "lora")
