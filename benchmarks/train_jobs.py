@@ -275,6 +275,26 @@ def part_faults(manager, n: int, kills: int = 3, seed: int = 0) -> dict:
             "prompt_accuracy": s["prompt_accuracy"], "n": n}
 
 
+def markdown_table(report: dict) -> str:
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f} %"
+
+    lines = ["| quick job | wall | style with / without the LoRA | prompt acc. | edge F1 |", "|---|---:|---:|---:|---:|"]
+    for r in report.get("rows", []):
+        style = "–" if r["style_on"] is None else f"{pct(r['style_on'])} / {pct(r['style_off'])}"
+        f1 = "–" if r["edge_f1"] is None else f"{r['edge_f1']:.3f}"
+        lines.append(f"| {r['job']} | {r['minutes']:.1f} min | {style} | {pct(r['prompt_accuracy'])} | {f1} |")
+    if "serving" in report:
+        s = report["serving"]
+        lines.append(f"\nLive loop (socket client) while a job trains: **{s['fps_training']:.1f} FPS** "
+                     f"(idle {s['fps_idle']:.1f}).")
+    if "faults" in report:
+        f = report["faults"]
+        lines.append(f"Killed {f['kills']} times and resumed: {f['steps_done']} / {f['steps_expected']} steps, "
+                     f"{len(f['checkpoints_lost'])} checkpoints lost.")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,6 +330,7 @@ def main(argv=None):
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({k: report.get(k) for k in ("rows", "serving", "faults") if k in report}, indent=1), flush=True)
+    print(markdown_table(report))
     return report
 
 

@@ -84,6 +84,13 @@ def test_every_shipped_preset_resolves_to_valid_configs_except_for_missing_model
         plan = plan_job(JobRequest("lora", preset=preset, style_lora=lora), tmp_path / "j", tmp_path / "c")
         assert [s.name for s in plan.stages] == ["lora_ssd"]
         assert Path(plan.stages[0].config["run_dir"]) == tmp_path / "j" / "lora_ssd"
+    quick = plan_job(JobRequest("controlnet", preset="quick"), tmp_path / "j", tmp_path / "c")
+    (ssd,) = quick.stages  # the shipped teacher ControlNet: no first stage, and a new student ControlNet
+    assert ssd.name == "controlnet_ssd" and ssd.config["controlnet"] == ""
+    assert ssd.config["teacher_controlnet"].endswith("assets/miniature/controlnet-teacher-edges-sd4")
+    full = plan_job(JobRequest("controlnet", preset="full", control_type="depth"), tmp_path / "j", tmp_path / "c")
+    assert [s.name for s in full.stages] == ["controlnet_teacher", "controlnet_kd", "controlnet_ssd"]
+    assert full.stages[2].config["controlnet"] == str(tmp_path / "j" / "controlnet_kd" / "final")
     with pytest.raises(JobError) as e:
         plan_job(JobRequest("controlnet", preset="sdxs-512-dreamshaper"), tmp_path / "j", tmp_path / "c")
     lines = str(e.value).splitlines()

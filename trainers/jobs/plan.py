@@ -245,9 +245,9 @@ def plan_job(request: JobRequest, job_dir: Path, cache_dir: Path, presets: Path 
                           teacher_controlnet=teacher_cn or previous["controlnet_teacher"],
                           stage="kd" if name == "controlnet_kd" else "ssd")
             chained |= {"teacher_controlnet"} if not teacher_cn else set()
-            if name == "controlnet_ssd" and "controlnet_kd" in previous:
-                wiring["controlnet"] = previous["controlnet_kd"]
-                chained.add("controlnet")
+            if name == "controlnet_ssd":  # from the KD stage's ControlNet, or a new one
+                wiring["controlnet"] = previous.get("controlnet_kd", "")
+                chained |= {"controlnet"} if "controlnet_kd" in previous else set()
         cls = Stage(name, {}).method_cls.config_cls
         known = {f.name for f in dataclasses.fields(cls)}
         options = {**settings.get("set", {}), **{k: v for k, v in wiring.items() if k in known},

@@ -33,6 +33,7 @@ class Progress:
     def __init__(self, job_dir: Path, stages: list[str], enabled: bool):
         self.path, self.stages, self.enabled = job_dir / PROGRESS_FILE, stages, enabled
         self.window: deque = deque(maxlen=20)
+        self._t0, self._share0 = time.time(), 0.0
 
     def write(self, index: int, phase: str, step: int = 0, steps: int = 0, share: float = 0.0, images_per_step: int = 0):
         if not self.enabled:
@@ -51,9 +52,9 @@ class Progress:
             "updated": now})
 
     def begin(self, index: int, phase: str, share: float = 0.0):
-        self.window.clear()
         self._t0, self._share0 = time.time(), share
         self.write(index, phase, share=share)
+        self.window.clear()  # rates count from the first step written after this
 
 
 def publish(plan: Plan, job_dir: Path) -> Path:
