@@ -57,6 +57,7 @@ CSS = """
 #train-sample img { width: 100%; image-rendering: pixelated; }
 #train-progress progress { width: 100%; height: 1.2em; accent-color: var(--color-accent); }
 """
+MAX_PLOT_POINTS = 500  # per loss curve
 MAX_UPLOAD = "64mb"  # per file, for every upload of the app (Gradio refuses larger ones)
 
 
@@ -164,8 +165,9 @@ def loss_frame(view: JobView):
     """Loss curves as long-form rows (step, loss, series) for a ``gr.LinePlot``."""
     import pandas as pd
 
+    every = max(1, len(view.metrics) // MAX_PLOT_POINTS)  # a long run's curve, thinned: the page polls it
     rows = [{"step": m["step"], "loss": v, "series": f"{m['stage']} {k.removesuffix('/loss')}"}
-            for m in view.metrics for k, v in m.items() if k.endswith("/loss") and isinstance(v, (int, float))]
+            for m in view.metrics[::every] for k, v in m.items() if k.endswith("/loss") and isinstance(v, (int, float))]
     return pd.DataFrame(rows or [], columns=["step", "loss", "series"]).astype({"step": float, "loss": float})
 
 
