@@ -233,3 +233,36 @@ def test_two_processes_both_train_and_export_once(tmp_path, presets, style_lora)
     assert log.count("[job] artefact:") == 1 and len(list(folder.glob(".output*"))) == 0
     info = json.loads((folder / "output" / "train_info.json").read_text())
     assert info["images_seen"] == 6 * 2 * 2  # steps x batch x processes
+
+
+def test_uploads_are_limited_and_data_folders_are_only_those_offered(tmp_path):
+    from trainers.jobs.inputs import (UploadLimits, data_folders, resolve_data_folder, save_image_uploads,
+                                      save_lora_upload)
+
+    files = []
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(b"x" * 2048)
+        files.append(tmp_path / f"{i}.png")
+    (tmp_path / "run.sh").write_text("echo")
+    (tmp_path / "w.bin").write_bytes(b"pickle")
+    uploads = tmp_path / "uploads"
+    with pytest.raises(JobError, match="3 files uploaded; at most 2"):
+        save_image_uploads(files, uploads, UploadLimits(max_files=2))
+    with pytest.raises(JobError, match="'0.png' is 0.0 MB; at most 0.001 MB"):
+        save_image_uploads(files, uploads, UploadLimits(max_file_mb=0.001))
+    with pytest.raises(JobError, match="'run.sh' is not one of"):
+        save_image_uploads([*files, tmp_path / "run.sh"], uploads)
+    with pytest.raises(JobError, match="'w.bin' is not one of .safetensors"):
+        save_lora_upload(tmp_path / "w.bin", uploads)
+    assert not uploads.exists()  # a refused upload writes nothing
+    saved = save_image_uploads(files, uploads)
+    assert saved.parent == uploads and sorted(p.name for p in saved.iterdir()) == ["0.png", "1.png", "2.png"]
+    data = tmp_path / "data"
+    (data / "style").mkdir(parents=True)
+    (data / "style" / "a.png").write_bytes(b"")
+    (data / "empty").mkdir()
+    assert data_folders(data) == ["style"] and data_folders(None) == []
+    assert resolve_data_folder(data, "style") == (data / "style").resolve()
+    for name in ("empty", "../uploads", str(tmp_path), "style/../.."):
+        with pytest.raises(JobError, match="not one of the folders"):
+            resolve_data_folder(data, name)

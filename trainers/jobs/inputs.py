@@ -25,6 +25,9 @@ class UploadLimits:
     max_total_mb: float = 300.0
 
 
+LORA_LIMITS = UploadLimits(max_files=1, max_file_mb=512.0, max_total_mb=512.0)  # a rank-128 SD LoRA is ~300 MB
+
+
 def _copy_checked(files: list[str | Path], dest: Path, suffixes: tuple[str, ...], what: str,
                   limits: UploadLimits) -> list[Path]:
     files = [Path(f) for f in files or []]
@@ -61,10 +64,10 @@ def save_image_uploads(files, uploads: Path, limits: UploadLimits = UploadLimits
     return dest
 
 
-def save_lora_upload(file, uploads: Path, limits: UploadLimits = UploadLimits()) -> Path:
+def save_lora_upload(file, uploads: Path, limits: UploadLimits = LORA_LIMITS) -> Path:
     """One uploaded LoRA file (safetensors only: nothing is ever unpickled) -> its saved path."""
     dest = Path(uploads) / secrets.token_hex(8)
-    return _copy_checked([file], dest, LORA_SUFFIXES, "LoRA file", UploadLimits(1, 512.0, 512.0))[0]
+    return _copy_checked([file], dest, LORA_SUFFIXES, "LoRA file", limits)[0]
 
 
 def data_folders(data_root: Path | None, depth: int = 2) -> list[str]:
