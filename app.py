@@ -126,7 +126,7 @@ def job_table(jobs: "TrainJobs") -> list[list]:
     for j in reversed(jobs.manager.jobs()):
         share = ""
         if j.state == "running":
-            p = jobs.manager.view(j.id).progress or {}
+            p = jobs.manager.progress(j) or {}
             share = f"{100 * p.get('job_share', 0):.0f} %"
         rows.append([j.id, j.name, j.kind, j.state, share, time.strftime("%m-%d %H:%M", time.localtime(j.created))])
     return rows

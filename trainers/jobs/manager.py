@@ -274,6 +274,10 @@ class JobManager:
     def jobs(self) -> list[Job]:
         return self.store.list()
 
+    def progress(self, job: Job) -> dict | None:
+        """The worker's latest ``progress.json`` (cheap: the job list asks it for every running job)."""
+        return _read_json(self.store.folder(job) / PROGRESS_FILE)
+
     def artefacts(self) -> dict[str, Path]:
         """Finished jobs' outputs, by the key the app's model pickers show (``jobs/<folder>``)."""
         return {f"jobs/{j.folder}": self.store.folder(j) / OUTPUT for j in self.store.list(("finished",))
@@ -299,7 +303,7 @@ class JobManager:
         out = folder / OUTPUT
         artefact = out if job.state == "finished" and out.is_dir() else None
         files = sorted(out.glob("*.safetensors")) if artefact else []
-        return JobView(job, plan, _read_json(folder / PROGRESS_FILE), metrics, samples[-1] if samples else None,
+        return JobView(job, plan, self.progress(job), metrics, samples[-1] if samples else None,
                        samples, _strip_bars(tail), artefact, files[0] if files else None)
 
 
