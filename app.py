@@ -4,7 +4,7 @@
     python app.py --model sdxs-512-dreamshaper --controlnet sdxs-512-dreamshaper-sketch --device cuda
     python app.py --host 0.0.0.0 --ssl-certfile cert.pem --ssl-keyfile key.pem   # webcams on other machines
 
-This file is wiring only: models, switching and generation live in ``sdxs_core.studio``, the
+This file is wiring only: models live in ``sdxs_core.catalogue``, switching and generation in ``sdxs_core.hub``, the
 live loop in ``sdxs_core.stream`` (its WebSocket transport and browser client in ``sdxs_core.live_socket``)
 and training jobs in ``trainers.jobs`` (the Train tab starts them as background processes).
 Browsers need HTTPS (or localhost) to open a webcam.
@@ -20,11 +20,12 @@ import torch
 import yaml
 
 from sdxs_core import live_socket
-from sdxs_core.control import EXTRACTORS
+from sdxs_core.control import EXTRACTORS, sketch_to_control
 from sdxs_core.devices import serving_threads
 from sdxs_core.errors import SDXSError
 from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats, control_mismatch
-from sdxs_core.studio import STYLES, ModelHub, TextRequest, sketch_to_control, text_to_image
+from sdxs_core.catalogue import STYLES
+from sdxs_core.hub import ModelHub, TextRequest, text_to_image
 from trainers.jobs.inputs import data_folders, resolve_data_folder, save_image_uploads, save_lora_upload
 from trainers.jobs.manager import JobManager, JobView
 from trainers.jobs.plan import CONTROL_TYPES, TRAIN_TEACHER, JobError, JobRequest, teacher_unet

@@ -350,7 +350,7 @@ def main(argv=None):
     import torch
 
     from sdxs_core.devices import serving_threads
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
 
     args.threads = args.threads or serving_threads()
     torch.set_num_threads(args.threads)

@@ -214,7 +214,7 @@ def part_serving(manager, frames: int) -> dict:
 
     from benchmarks.live_loop import measure_socket
     from sdxs_core.devices import serving_threads
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
     from trainers.jobs.plan import JobRequest
 
     threads = serving_threads()

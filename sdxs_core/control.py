@@ -362,3 +362,21 @@ def extract(kind: str, image: ImageLike, size: int | tuple[int, int] | None = No
     if target is not None:
         out = resize_map(out, target, extractor.lines)
     return ControlMap(image=out, kind=kind, ms=(time.perf_counter() - t0) * 1e3)
+
+
+def sketch_to_control(canvas: ImageLike | dict | None) -> np.ndarray | None:
+    """A sketch-pad canvas (dark strokes on white or transparent) as the control map sketch
+    ControlNets expect: white strokes on black. None for an empty canvas."""
+    if isinstance(canvas, dict):  # Gradio's EditorValue
+        canvas = canvas.get("composite")
+    if canvas is None:
+        return None
+    arr = np.asarray(canvas)
+    if arr.ndim == 3 and arr.shape[-1] == 4:  # flatten onto white: transparent means paper
+        alpha = arr[..., 3:].astype(np.float32) / 255.0
+        arr = (arr[..., :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
+    rgb = to_rgb_array(arr)
+    inverted = 255 - rgb.min(axis=-1)  # a stroke of any colour counts, not just black
+    if not inverted.any():
+        return None
+    return np.repeat(inverted[..., None], 3, axis=-1)

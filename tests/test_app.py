@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from sdxs_core.presets import DEFAULT_MODEL
-from sdxs_core.studio import TINY_NOTE, ModelHub, TextRequest, ensure_tiny_model, sketch_to_control, text_to_image
+from sdxs_core.catalogue import TINY_NOTE, ensure_tiny_model
+from sdxs_core.control import sketch_to_control
+from sdxs_core.hub import ModelHub, TextRequest, text_to_image
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_a_loaded_model_attaches_the_canny_controlnet_before_others(tmp_path):
     import json
     import shutil
 
-    from sdxs_core.studio import control_type_of
+    from sdxs_core.catalogue import control_type_of
 
     root = tmp_path / "outputs"
     model, controlnet = ensure_tiny_model(root)
@@ -109,8 +111,8 @@ def test_client_keys_outside_the_offer_are_refused_before_any_load(hub, monkeypa
     def forbidden(*args, **kwargs):
         raise AssertionError(f"tried to load {args[0]!r}")
 
-    monkeypatch.setattr("sdxs_core.studio.load_engine", forbidden)
-    monkeypatch.setattr("sdxs_core.studio.load_controlnet", forbidden)
+    monkeypatch.setattr("sdxs_core.hub.load_engine", forbidden)
+    monkeypatch.setattr("sdxs_core.hub.load_controlnet", forbidden)
     before = (hub.model_key, hub.controlnet_key, hub.lora_key, hub.engine)
     for action in (hub.load_model, hub.set_controlnet, hub.set_lora):
         assert "is not one of the" in action(key)

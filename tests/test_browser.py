@@ -38,7 +38,7 @@ def write_y4m(path: Path, side: int = 256, frames: int = 30, fps: int = 10) -> P
 def server(tmp_path_factory):
     import app
     from sdxs_core.presets import ASSETS
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
 
     outputs = tmp_path_factory.mktemp("browser") / "outputs"  # a fresh clone's outputs/, kept out of the repo
     hub = ModelHub(search_dirs=[outputs, ASSETS], device="cpu", outputs=outputs)

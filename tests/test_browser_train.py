@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir, tiny_lora_file, presets):
     import app
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
     from trainers.jobs.manager import JobManager
 
     root = tmp_path_factory.mktemp("browser-train")

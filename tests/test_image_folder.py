@@ -202,7 +202,7 @@ def test_controlnet_teacher_learns_a_folder_with_live_loop_maps(tmp_path, tiny_d
     from pathlib import Path
 
     from sdxs_core.control import extract
-    from sdxs_core.studio import control_type_of
+    from sdxs_core.catalogue import control_type_of
     from trainers.methods.controlnet_teacher import ControlNetTeacher
 
     folder = scenes(tmp_path / "photos", n=4)
@@ -221,7 +221,7 @@ def test_controlnet_teacher_world_sketch_and_edges_named_canny(tmp_path, tiny_di
     from pathlib import Path
 
     from sdxs_core.control import extract
-    from sdxs_core.studio import control_type_of
+    from sdxs_core.catalogue import control_type_of
     from trainers.core.losses import unwrap
     from trainers.methods.controlnet_teacher import ControlNetTeacher
     from trainers.miniature import world

@@ -115,7 +115,7 @@ def test_images_make_a_two_stage_lora_job_chained_through_the_teacher_lora(tmp_p
 # ---- jobs in processes ------------------------------------------------------------------------------
 def test_a_lora_job_runs_in_the_background_and_its_lora_loads_in_the_engine(tmp_path, presets, style_lora, tiny_dir):
     from sdxs_core import load_engine
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
 
     manager = manager_for(tmp_path, presets)
     job = manager.submit(JobRequest("lora", name="style one", preset="tiny", style_lora=str(style_lora)))

@@ -28,7 +28,7 @@ def test_clip_positions_name_their_frame():
 def test_browser_benchmark_smoke(tmp_path):
     from benchmarks import live_loop
     from sdxs_core.presets import ASSETS
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
 
     outputs = tmp_path / "outputs"  # a fresh clone's outputs/, kept out of the repo
     hub = ModelHub(search_dirs=[outputs, ASSETS], device="cpu", outputs=outputs)
@@ -52,7 +52,7 @@ def test_browser_benchmark_smoke(tmp_path):
 def test_socket_benchmark_streams_every_frame(tmp_path):
     from benchmarks import live_loop
     from sdxs_core.presets import ASSETS
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
 
     outputs = tmp_path / "outputs"
     hub = ModelHub(search_dirs=[outputs, ASSETS], device="cpu", outputs=outputs)

@@ -19,7 +19,8 @@ from sdxs_core.live_socket import LIVE_PATH, FrameError, LiveGate, frame_params,
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    from sdxs_core.studio import ModelHub, ensure_tiny_model
+    from sdxs_core.catalogue import ensure_tiny_model
+    from sdxs_core.hub import ModelHub
 
     outputs = tmp_path_factory.mktemp("live") / "outputs"
     ensure_tiny_model(outputs)

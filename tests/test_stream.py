@@ -16,7 +16,7 @@ from sdxs_core.stream import LiveParams, LiveSession, RateMeter, square_frame
 @pytest.fixture(scope="module")
 def control_engine(tmp_path_factory):
     from sdxs_core import load_engine
-    from sdxs_core.studio import ensure_tiny_model
+    from sdxs_core.catalogue import ensure_tiny_model
 
     model, controlnet = ensure_tiny_model(tmp_path_factory.mktemp("outputs"))
     return load_engine(model, controlnet=controlnet, device="cpu")

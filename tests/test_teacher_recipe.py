@@ -170,7 +170,7 @@ def test_bundled_sd4_student_is_the_block_removed_sd4_teacher_and_is_offered_onl
     offers each only its own."""
     from diffusers import UNet2DConditionModel
 
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
     from trainers.core.student import block_removed_config
 
     engine = load_engine("miniature-sd4", device="cpu")
@@ -220,7 +220,7 @@ def test_fast_sd4_student_is_the_same_unet_with_its_tiny_decoder():
 def test_the_app_opens_on_the_sd4_student_with_its_own_edges_controlnet():
     """``python app.py`` on a fresh clone: the SSD student with its tiny decoder, and the edges ControlNet
     distilled for it (the Live tab opens on canny), not the first student's."""
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
 
     hub = ModelHub(search_dirs=[SD4.parent.parent], device="cpu")
     hub.start(hub.default_model())
@@ -235,7 +235,7 @@ TEACHER_LORA = SD4.parent / "lora-pastel-teacher-sd4" / "pytorch_lora_weights.sa
 def test_bundled_teacher_style_lora_makes_the_sd4_teacher_pastel_and_fits_no_student():
     """LoRA-SSD's input ships, so the student's LoRA can be remade from the assets alone: the teacher with
     it draws what the evaluator reads as pastel, without it plain; the one-step students refuse it."""
-    from sdxs_core.studio import lora_fits
+    from sdxs_core.catalogue import lora_fits
     from trainers.miniature import world
     from trainers.miniature.classifier import load_classifier, predict_attributes
 

@@ -13,7 +13,7 @@ from PIL import Image
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_dir, tiny_lora_file, presets):
     import app
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
     from trainers.jobs.manager import JobManager
 
     root = tmp_path_factory.mktemp("train-tab")
@@ -140,7 +140,7 @@ def test_cancel_and_resume_from_the_api(served):
 
 def test_no_train_leaves_the_app_without_the_tab_and_its_endpoints(tiny_dir, tmp_path):
     import app
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
 
     assert app.parse_args(["--no-train"]).no_train
     hub = ModelHub(search_dirs=[], device="cpu", outputs=tmp_path)

@@ -113,7 +113,7 @@ def student_latents(student: str, controlnets: list, loras: list, captions: list
     live loop extracts it) and each LoRA, so every variant covers an equal share of the scenes."""
     from sdxs_core.control import extract
     from sdxs_core.loading import load_controlnet, load_engine
-    from sdxs_core.studio import control_type_of
+    from sdxs_core.catalogue import control_type_of
 
     engine = load_engine(student, device=device, dtype=torch.float32, graphs=False)
     variants = [("text", None), *(("controlnet", c) for c in controlnets), *(("lora", lo) for lo in loras)]

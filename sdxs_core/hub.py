@@ -1,19 +1,10 @@
-"""The app's model holder: which models exist, which one is loaded, and safe switching between them.
-
-A browser never names a path. The server discovers what it offers (presets, and diffusers
-folders, ControlNets and LoRAs under ``outputs/`` and ``assets/``) and the client picks one of
-those entries by key; anything else is refused without touching the filesystem. Only the
-operator, on the command line, may point at an arbitrary path.
-
-Fit is decided from configs and safetensors headers (no weights are loaded): a ControlNet fits
-when its cross-attention width and block layout equal the U-Net's; a LoRA fits when every layer
-it targets exists in the U-Net with the same widths.
+"""The app's model holder: which model is loaded, and safe switching between the catalogue's entries.
 
 Generations from many sessions run concurrently; a model, ControlNet or LoRA switch waits for
-them to finish and holds new ones back until it is done.
+them to finish and holds new ones back until it is done. What exists to switch to is
+``sdxs_core.catalogue``.
 """
 
-import json
 import secrets
 import threading
 from contextlib import contextmanager
@@ -21,203 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-
+from .catalogue import (FAMILY_SHAPES, OUTPUTS, STYLES, TINY_NOTE, BaseShape, Entry, local_path, read_json,
+                        control_rank, control_type_of, discover, ensure_tiny_model, lora_fits)
 from .devices import resolve_device, resolve_dtype
-from .errors import IncompatibleWeightsError, ModelUnavailableError, SDXSError
-from .images import ImageLike, to_rgb_array
+from .errors import ModelUnavailableError, SDXSError
 from .loading import load_controlnet, load_engine
 from .presets import ASSETS, DEFAULT_MODEL, PRESETS
 
-ROOT = ASSETS.parent
-OUTPUTS = ROOT / "outputs"
-MAX_DEPTH = 4  # trainer runs nest a few levels (run/checkpoint-N/...); deeper trees are not scanned
 LORA_NAME = "studio"
-
-STYLES = {
-    "none": "",
-    "photo": ", photograph, 35mm, natural light, sharp focus",
-    "cinematic": ", cinematic film still, dramatic lighting, shallow depth of field",
-    "watercolor": ", watercolor painting, soft washes, paper texture",
-    "anime": ", anime illustration, clean line art, vivid colors",
-    "3d render": ", 3d render, soft global illumination, studio lighting",
-    "pixel art": ", pixel art, 16-bit, crisp pixels",
-}
-
-TINY_NOTE = ("This is a **random tiny test model** (64x64, untrained): its images are noise. "
-             "Install the miniature model (assets/miniature/sdxs) or start with "
-             "`--model sdxs-512-dreamshaper --controlnet sdxs-512-dreamshaper-sketch` on a machine with the weights.")
-
-
-@dataclass(frozen=True)
-class BaseShape:
-    """The U-Net layout an adapter must match."""
-
-    cross_attention_dim: int
-    block_out_channels: tuple[int, ...]
-    layers_per_block: int
-
-    @classmethod
-    def from_config(cls, cfg) -> "BaseShape":
-        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
-        return cls(int(get("cross_attention_dim")), tuple(get("block_out_channels")), int(get("layers_per_block")))
-
-    def __str__(self) -> str:
-        return f"cross-attn {self.cross_attention_dim}, blocks {'/'.join(map(str, self.block_out_channels))}"
-
-
-# The released SDXS U-Nets (from their config.json), so hub adapters can be matched against a base
-# loaded from any local copy without downloading anything.
-FAMILY_SHAPES = {"sd1.5": BaseShape(768, (320, 640, 1280), 1), "sd2.1": BaseShape(1024, (320, 640, 1280), 1)}
-
-
-@dataclass(frozen=True)
-class Entry:
-    key: str  # the only thing a client sends: a preset name or "outputs/..." / "assets/..."
-    kind: str  # "pipeline" | "controlnet" | "lora"
-    source: str  # what the loaders get: a preset name, hub id or absolute local path
-    label: str
-    base: str  # the base it was made for, as people read it
-    control: str = ""  # ControlNets: the control type (extractor) it was trained on, "" if unknown
-
-
-# The order in which a freshly loaded model picks its ControlNet: the Live tab opens on canny, so
-# a canny/edges ControlNet makes the first frames right; an unknown type comes last.
-CONTROL_PREFERENCE = ("canny", "sketch", "depth")
-_CONTROL_WORDS = {"canny": "canny", "edges": "canny", "edge": "canny", "depth": "depth", "sketch": "sketch",
-                  "lineart": "sketch", "scribble": "sketch", "hed": "sketch"}
-
-
-def control_type_of(folder: Path) -> str:
-    """A local ControlNet's control type: ``train_info.json`` (our trainers write it), else a word
-    in its folder name (``...-canny``, ``control_v11f1p_sd15_depth``), else ""."""
-    info = _read_json(folder / "train_info.json") or {}
-    if info.get("control_type") in CONTROL_PREFERENCE:
-        return info["control_type"]
-    words = folder.name.lower().replace("-", "_").split("_")
-    return next((_CONTROL_WORDS[w] for w in reversed(words) if w in _CONTROL_WORDS), "")
-
-
-def control_rank(entry: "Entry") -> int:
-    return CONTROL_PREFERENCE.index(entry.control) if entry.control in CONTROL_PREFERENCE else len(CONTROL_PREFERENCE)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _lora_key_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
-    """Tensor names and shapes of a LoRA from its safetensors header, or None if not a LoRA."""
-    from safetensors import safe_open
-
-    file = path / "adapter_model.safetensors" if path.is_dir() else path
-    try:
-        with safe_open(str(file), "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception:  # safetensors raises its own error type for truncated or foreign files
-        return None
-    return shapes if any("lora" in k for k in shapes) else None
-
-
-def _lora_cross_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
-    for key, shape in shapes.items():
-        if "attn2.to_k" in key and ("lora_A" in key or "down" in key):
-            return shape[-1]
-    return None
-
-
-def lora_fits(unet, source: str) -> bool:
-    """Check a local LoRA against ``unet`` exactly as loading would, from shapes alone."""
-    from .lora import check_lora_fits, read_lora
-
-    path = Path(source)
-    shapes = _lora_key_shapes(path)
-    if shapes is None:
-        return False
-    prefixes = ("unet.", "base_model.model.")
-    if all(k.startswith(prefixes) for k in shapes):
-        state = {k.removeprefix("unet.").removeprefix("base_model.model."): torch.empty(s, device="meta")
-                 for k, s in shapes.items()}
-    else:  # kohya and other namings: let diffusers' converter rename the keys (LoRAs are small)
-        try:
-            state = read_lora(path)[0]
-        except SDXSError:
-            return False
-    try:
-        check_lora_fits(unet, state)
-    except IncompatibleWeightsError:
-        return False
-    return True
-
-
-def _local_path(entry: Entry) -> Path | None:
-    """Where an entry's files are on this machine; None for a hub model (cached or not)."""
-    preset = PRESETS.get(entry.source)
-    path = Path(preset.source if preset else entry.source)
-    return path if (preset is None or preset.bundled) and path.exists() else None
-
-
-def discover(search_dirs: list[Path], extra: dict[str, Path] | None = None) -> list[Entry]:
-    """Presets plus every pipeline, ControlNet and LoRA under ``search_dirs`` (keys are
-    ``<dir name>/<relative path>``, e.g. ``outputs/my-run/final``) and in the ``extra`` folders
-    (key -> folder: e.g. finished training jobs' outputs, ``jobs/0003-my-style``)."""
-    entries = []
-    for p in PRESETS.values():
-        if p.bundled and not Path(p.source).exists():
-            continue
-        where = "bundled" if p.bundled else "hub"
-        entries.append(Entry(p.name, p.kind, p.name, f"{p.name} ({where})", p.base, p.control_type or ""))
-    for root in search_dirs:
-        if root.is_dir():
-            entries += _scan(root, root, 0)
-    for key, folder in (extra or {}).items():
-        if folder.is_dir():
-            entries += _scan(folder, folder, MAX_DEPTH, key)
-    return entries
-
-
-def _scan(root: Path, folder: Path, depth: int, root_key: str | None = None) -> list[Entry]:
-    root_key = root_key or root.name
-    key = f"{root_key}/{folder.relative_to(root).as_posix()}".removesuffix("/.")
-    if (folder / "model_index.json").is_file():
-        unet = _read_json(folder / "unet" / "config.json")
-        base = str(BaseShape.from_config(unet)) if unet else "unknown"
-        return [Entry(key, "pipeline", str(folder), key, base)]
-    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
-    if config and config.get("_class_name") == "ControlNetModel":
-        control = control_type_of(folder)
-        label = f"{key} ({control})" if control else key
-        return [Entry(key, "controlnet", str(folder), label, str(BaseShape.from_config(config)), control)]
-    if (folder / "adapter_config.json").is_file():
-        shapes = _lora_key_shapes(folder)
-        return [Entry(key, "lora", str(folder), key, f"cross-attn {_lora_cross_dim(shapes)}")] if shapes else []
-    found = []
-    for child in sorted(folder.iterdir()):
-        if child.name.startswith("."):
-            continue
-        if child.is_dir() and depth < MAX_DEPTH:
-            found += _scan(root, child, depth + 1, root_key)
-        elif child.suffix == ".safetensors" and (shapes := _lora_key_shapes(child)):
-            name = f"{root_key}/{child.relative_to(root).as_posix()}"
-            found.append(Entry(name, "lora", str(child), name, f"cross-attn {_lora_cross_dim(shapes)}"))
-    return found
-
-
-def ensure_tiny_model(outputs: Path = OUTPUTS) -> tuple[Path, Path]:
-    """A random tiny pipeline and its ControlNet under ``outputs/`` (written once): lets the app
-    run end to end on a fresh clone before any real model is installed."""
-    from .testkit import write_tiny_controlnet, write_tiny_pipeline
-
-    model, controlnet = outputs / "tiny-model", outputs / "tiny-model-controlnet"
-    if not (model / "model_index.json").is_file():
-        write_tiny_pipeline(model)
-    if not (controlnet / "config.json").is_file():
-        write_tiny_controlnet(model, controlnet)
-    return model, controlnet
 
 
 class _SwitchLock:
@@ -318,11 +120,11 @@ class ModelHub:
         if unet is None:
             return False
         shape = BaseShape.from_config(unet.config)
-        path = _local_path(entry)
+        path = local_path(entry)
         if path is None:  # on the hub: judge by the family it was released for
             return FAMILY_SHAPES.get(entry.base) == shape
         if entry.kind == "controlnet":
-            config = _read_json(path / "config.json")
+            config = read_json(path / "config.json")
             return config is not None and BaseShape.from_config(config) == shape
         return lora_fits(unet, str(path))
 
@@ -396,7 +198,7 @@ class ModelHub:
         notice = f"Loaded **{entry.key}** ({self.shape})." + (" LoRA removed." if previous_lora else "")
         fitting = [k for _, k in self.choices("controlnet")]
         entries = (self.lookup("controlnet", k) for k in fitting)
-        local = sorted((e for e in entries if _local_path(e)), key=control_rank)  # stable: alphabetical within a type
+        local = sorted((e for e in entries if local_path(e)), key=control_rank)  # stable: alphabetical within a type
         pick = previous_cn if previous_cn in fitting else next((e.key for e in local), None)
         if pick is not None:
             notice += " " + self.set_controlnet(pick)
@@ -482,21 +284,3 @@ def text_to_image(hub: ModelHub, request: TextRequest):
     prompt = request.prompt.strip() + STYLES[request.style]
     with hub.using() as engine:
         return engine.generate(prompt, seed=seed, num_images=request.num_images)
-
-
-def sketch_to_control(canvas: ImageLike | dict | None) -> np.ndarray | None:
-    """A sketch-pad canvas (dark strokes on white or transparent) as the control map sketch
-    ControlNets expect: white strokes on black. None for an empty canvas."""
-    if isinstance(canvas, dict):  # Gradio's EditorValue
-        canvas = canvas.get("composite")
-    if canvas is None:
-        return None
-    arr = np.asarray(canvas)
-    if arr.ndim == 3 and arr.shape[-1] == 4:  # flatten onto white: transparent means paper
-        alpha = arr[..., 3:].astype(np.float32) / 255.0
-        arr = (arr[..., :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
-    rgb = to_rgb_array(arr)
-    inverted = 255 - rgb.min(axis=-1)  # a stroke of any colour counts, not just black
-    if not inverted.any():
-        return None
-    return np.repeat(inverted[..., None], 3, axis=-1)
