@@ -1,0 +1,62 @@
+"""Screenshot of the Live tab for the README: the app on the bundled default, headless Debian Chromium,
+a fake webcam playing miniature-world scenes (so the canny map and the generated frame show shapes).
+
+    .venv/bin/python scripts/screenshot_live.py [--out docs/images/live-tab.png] [--seconds 8]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def world_clip(path: Path, side: int = 512, frames: int = 120, fps: int = 30) -> Path:
+    """A 4:2:0 y4m clip of world scenes in grey levels, contrast stretched so canny finds their outlines,
+    each held for a second and drifting a few pixels per frame so that no frame is skipped as static."""
+    from trainers.miniature.world import render_batch
+
+    scenes = render_batch(seed=3, n=max(1, frames // fps), split="eval")["images"]
+    chroma = np.full(2 * (side // 2) ** 2, 128, np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{side} H{side} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            rgb = np.asarray(scenes[(i // fps) % len(scenes)], dtype=np.float32)
+            if rgb.max() <= 1.0:
+                rgb = rgb * 255
+            luma = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).astype(np.uint8)
+            luma = (luma - luma.min()) * (255.0 / max(1, int(luma.max()) - int(luma.min())))
+            k = side // luma.shape[0]
+            big = np.kron(luma.astype(np.uint8), np.ones((k, k), np.uint8))
+            f.write(b"FRAME\n" + np.roll(big, 3 * (i % fps) - 45, axis=1).tobytes() + chroma)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("docs/images/live-tab.png"))
+    parser.add_argument("--seconds", type=float, default=8.0, help="stream this long before the screenshot")
+    args = parser.parse_args(argv)
+
+    from benchmarks.browser import launch_app, live_page
+    from sdxs_core.presets import ASSETS
+    from sdxs_core.studio import ModelHub
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = ModelHub(search_dirs=[Path(tmp) / "outputs", ASSETS], device="cpu", outputs=Path(tmp) / "outputs")
+        hub.start(hub.default_model())
+        clip = world_clip(Path(tmp) / "camera.y4m")
+        with launch_app(hub) as url, live_page(url, clip) as page:
+            page.wait_for_function("document.querySelector('#live-out img').naturalWidth > 0")
+            time.sleep(args.seconds)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            page.locator("#live-view").screenshot(path=str(args.out))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
