@@ -16,7 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks.miniature_teacher import RESULTS, ROOT
+from benchmarks.results_io import command_line, write_results
+from sdxs_core.paths import RESULTS, ROOT
 
 TIMESTEPS = (50, 200, 400, 600, 800, 950, 999)
 
@@ -68,7 +69,6 @@ def main(argv=None) -> None:
 
     from trainers.core.diffusion import load_components
     from trainers.core.student import build_student
-    from trainers.miniature.evaluate import write_json
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         for r in rows:
             print(f"{r['t']:>5} {r['eps_mse']:>9.5f} {r['x0_mse']:>8.4f} {r['teacher_x0_err']:>15.4f} {r['student_x0_err']:>15.4f}")
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    write_json(report, args.out)
+    write_results(args.out, report, command_line("benchmarks.kd_fidelity", argv))
     print(f"wrote {args.out}")
 
 

@@ -22,7 +22,8 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.miniature_teacher import RESULTS
+from benchmarks.results_io import command_line, write_results
+from sdxs_core.paths import RESULTS
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "miniature"
 
@@ -135,7 +136,6 @@ def main(argv=None):
     from trainers.core.diffusion import load_vae
     from trainers.miniature import world
     from trainers.miniature.classifier import load_classifier
-    from trainers.miniature.evaluate import write_json
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -173,7 +173,7 @@ def main(argv=None):
               "teacher": os.path.relpath(args.teacher), "threads": args.threads,
               "wall_seconds": round(time.perf_counter() - start, 1)}
     print(markdown_tables(report))
-    write_json(report, args.out)
+    write_results(args.out, report, command_line("benchmarks.layout_consistency", argv))
     print(f"\nwrote {args.out}")
 
 

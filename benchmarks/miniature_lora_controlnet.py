@@ -20,7 +20,8 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.miniature_teacher import RESULTS, ROOT
+from benchmarks.results_io import command_line, write_results
+from sdxs_core.paths import RESULTS, ROOT
 
 RUNS = ROOT / "runs" / "miniature"
 ASSETS = ROOT / "assets" / "miniature"
@@ -188,7 +189,7 @@ def main(argv=None):
     from sdxs_core.depth import MiniatureDepth
     from sdxs_core.loading import load_controlnet, load_engine
     from trainers.miniature.classifier import load_classifier
-    from trainers.miniature.evaluate import evaluate_model, write_json
+    from trainers.miniature.evaluate import evaluate_model
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
@@ -236,7 +237,7 @@ def main(argv=None):
               "threads": args.threads, "wall_seconds": round(time.perf_counter() - start, 1)}
     print()
     print(markdown_tables(report))
-    write_json(report, args.out)
+    write_results(args.out, report, command_line("benchmarks.miniature_lora_controlnet", argv))
     print(f"\nwrote {args.out}")
 
 

@@ -15,7 +15,9 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.miniature_teacher import RESULTS, ROOT, ROW_KEYS
+from benchmarks.miniature_teacher import ROW_KEYS
+from benchmarks.results_io import command_line, write_results
+from sdxs_core.paths import RESULTS, ROOT
 
 
 def unet_cost(engine) -> tuple[int, float]:
@@ -119,7 +121,7 @@ def main(argv=None):
     import torch
 
     from trainers.miniature.classifier import load_classifier
-    from trainers.miniature.evaluate import evaluate_model, write_json
+    from trainers.miniature.evaluate import evaluate_model
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
@@ -152,7 +154,7 @@ def main(argv=None):
     if decoders:
         print(f"\ntiny decoder vs VAE decoder: PSNR {decoders['psnr_vs_vae_db']:.2f} dB against the VAE decode; "
               f"{decoders['tiny_decode_ms']:.2f} vs {decoders['vae_decode_ms']:.2f} ms per image")
-    write_json(report, args.out)
+    write_results(args.out, report, command_line("benchmarks.miniature_sdxs", argv))
     print(f"\nwrote {args.out}")
 
 

@@ -13,8 +13,9 @@ import os
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.results_io import command_line, write_results
+from sdxs_core.paths import RESULTS, ROOT
+
 ROW_KEYS = ("model", "nfe", "cfg", "prompt_accuracy", "mfid", "diversity", "latency_ms")
 
 
@@ -57,7 +58,7 @@ def main(argv=None):
     from sdxs_core.devices import resolve_device
     from sdxs_core.loading import load_engine
     from trainers.miniature.classifier import load_classifier
-    from trainers.miniature.evaluate import evaluate_model, write_json
+    from trainers.miniature.evaluate import evaluate_model
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
@@ -90,7 +91,7 @@ def main(argv=None):
     }
     print()
     print(markdown_table(report))
-    write_json(report, args.out)
+    write_results(args.out, report, command_line("benchmarks.miniature_teacher", argv))
     print(f"\nwrote {args.out}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -69,6 +70,12 @@ def meta(command: str | None = None) -> dict:
     device = {**cpu(), **(gpu() or {})}
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit(), "command": command,
             "device": device, "versions": versions()}
+
+
+def command_line(module: str, argv: list[str] | None) -> str | None:
+    """The command that reproduces ``module``'s ``main(argv)`` when another program calls it in-process
+    (a chain, a test); ``None`` for a real command line, which ``meta`` then reads from ``sys.argv``."""
+    return None if argv is None else f"python -m {module} {shlex.join(argv)}".rstrip()
 
 
 def results_path(name: str) -> Path:

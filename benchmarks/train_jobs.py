@@ -22,40 +22,22 @@ Parts (``--parts``, all by default):
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.results_io import command_line, write_results
+from sdxs_core.paths import RESULTS, ROOT
 ASSETS = ROOT / "assets" / "miniature"
 TEACHER_LORA = ASSETS / "lora-pastel-teacher-sd4" / "pytorch_lora_weights.safetensors"
 PARTS = ("lora_from_lora", "lora_from_images", "controlnet_canny", "serving", "faults")
 STYLE_IMAGES = 32
 SEPIA = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], np.float32)
-
-
-# ---- the machine ------------------------------------------------------------------------------------
-def meta(argv: list[str]) -> dict:
-    with open("/proc/cpuinfo") as f:
-        info = f.read()
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    import torch
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit,
-            "command": "python -m benchmarks.train_jobs " + " ".join(argv),
-            "device": {"cpu": model, "cores": os.cpu_count(),
-                       "flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))},
-            "python": platform.python_version(), "torch": torch.__version__}
 
 
 # ---- data and scores ----------------------------------------------------------------------------------
@@ -313,7 +295,7 @@ def main(argv=None):
     manager = JobManager(args.jobs_dir, threads=args.threads)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     rows = {r["job"]: r for r in previous.get("rows", [])}
-    report = {**previous, "meta": meta(argv)}
+    report = dict(previous)
     for part in args.parts:
         print(f"[train_jobs] {part}", flush=True)
         if part == "lora_from_lora":
@@ -327,8 +309,7 @@ def main(argv=None):
         else:
             report["faults"] = part_faults(manager, args.n)
         report["rows"] = [rows[k] for k in ("lora_from_lora", "lora_from_images", "controlnet_canny") if k in rows]
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_results(args.out, report, command_line("benchmarks.train_jobs", argv))
         print(json.dumps({k: report.get(k) for k in ("rows", "serving", "faults") if k in report}, indent=1), flush=True)
     print(markdown_table(report))
     return report
