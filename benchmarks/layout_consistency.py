@@ -11,7 +11,10 @@ LoRA does:
    LoRA-off image is read as its prompt; with the student's own decoder and with the teacher's VAE; and, with
    ``--teacher-lora``, the teacher's own pairs (its sampler and CFG: slow, ~2 s per image on one core).
 
-    python -m benchmarks.layout_consistency --n 1024
+    python -m benchmarks.layout_consistency --n 1024                       # -> results/layout_consistency.json
+    python -m benchmarks.layout_consistency --student '' --decoder --teacher-lora \
+        assets/miniature/lora-pastel-teacher-sd4/pytorch_lora_weights.safetensors --n 512 \
+        --out benchmarks/results/layout_consistency_teacher.json          # the teacher's own pairs
 
 A decoder that paints every image alike would score consistent and illegible: read both columns together.
 """

@@ -10,7 +10,17 @@ parts the LoRA changed (count, shapes, colours, placement), at each of ``--lora-
 consistency of a decoder swap alone: the same student latents through the tiny decoder vs the VAE, no
 LoRA, i.e. what a small change of the image costs where the classifier's reading is borderline.
 
-    python -m benchmarks.miniature_lora_controlnet --n 256
+    python -m benchmarks.miniature_lora_controlnet --n 256       # the first student -> results/miniature_lora_controlnet.json
+    python -m benchmarks.miniature_lora_controlnet --teacher assets/miniature/teacher-sd4 \
+        --student assets/miniature/sdxs-sd4-fast --runs R --suffix=-sd4 \
+        --lora assets/miniature/lora-pastel-sd4/pytorch_lora_weights.safetensors --student-control-scales 1.0 1.5 \
+        --lora-scales 1.0 0.8 --n 256 --out benchmarks/results/miniature_lora_controlnet_sd4.json  # the default
+    python -m benchmarks.miniature_lora_controlnet --teacher assets/miniature/teacher-sd4 \
+        --student assets/miniature/sdxs-sd4-fast --runs EMPTY_DIR --assets EMPTY_DIR \
+        --lora assets/miniature/lora-pastel-sd4/pytorch_lora_weights.safetensors --lora-scales 1.0 0.8 \
+        --n 1024 --out benchmarks/results/miniature_lora_sd4.json   # the default's LoRA rows alone, n = 1,024
+
+(``R`` holds the teacher's ControlNets and LoRA as ``controlnet_teacher_*/final`` and ``lora_teacher/final``.)
 
 Missing model folders are skipped and listed.
 """

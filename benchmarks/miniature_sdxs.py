@@ -7,7 +7,9 @@ compare U-Nets alone; then the final model with the tiny decoder (``--decoder``)
 Every row shares prompts, seeds and the real reference sets, and adds the U-Net's parameters and
 GFLOPs per image (counted by torch's FLOP counter).
 
-    python -m benchmarks.miniature_sdxs --runs runs/miniature --n 256
+    python -m benchmarks.miniature_sdxs --runs runs/miniature --n 256     # -> results/miniature_sdxs.json
+    python -m benchmarks.miniature_sdxs --teacher assets/miniature/teacher-sd4 --runs R --decoder D \
+        --n 256 --out benchmarks/results/miniature_sdxs_sd4.json        # the SD1.5-layout chain (the default)
 """
 
 import argparse

@@ -16,8 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def world_clip(path: Path, side: int = 512, frames: int = 120, fps: int = 30) -> Path:
-    """A 4:2:0 y4m clip of world scenes in grey levels, contrast stretched so canny finds their outlines,
+    """A 4:2:0 y4m clip of world scenes in grey levels, denoised and contrast stretched so canny finds their outlines,
     each held for a second and drifting a few pixels per frame so that no frame is skipped as static."""
+    import cv2
+
     from trainers.miniature.world import render_batch
 
     scenes = render_batch(seed=3, n=max(1, frames // fps), split="eval")["images"]
@@ -25,13 +27,9 @@ def world_clip(path: Path, side: int = 512, frames: int = 120, fps: int = 30) ->
     with open(path, "wb") as f:
         f.write(f"YUV4MPEG2 W{side} H{side} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for i in range(frames):
-            rgb = np.asarray(scenes[(i // fps) % len(scenes)], dtype=np.float32)
-            if rgb.max() <= 1.0:
-                rgb = rgb * 255
-            luma = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).astype(np.uint8)
-            luma = (luma - luma.min()) * (255.0 / max(1, int(luma.max()) - int(luma.min())))
-            k = side // luma.shape[0]
-            big = np.kron(luma.astype(np.uint8), np.ones((k, k), np.uint8))
+            grey = cv2.medianBlur(cv2.cvtColor(np.asarray(scenes[(i // fps) % len(scenes)]), cv2.COLOR_RGB2GRAY), 5)
+            big = cv2.resize(cv2.normalize(grey, None, 0, 255, cv2.NORM_MINMAX), (side, side),
+                             interpolation=cv2.INTER_LINEAR)
             f.write(b"FRAME\n" + np.roll(big, 3 * (i % fps) - 45, axis=1).tobytes() + chroma)
     return path
 
