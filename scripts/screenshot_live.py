@@ -15,22 +15,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def world_clip(path: Path, side: int = 512, frames: int = 120, fps: int = 30) -> Path:
-    """A 4:2:0 y4m clip of world scenes in grey levels, denoised and contrast stretched so canny finds their outlines,
-    each held for a second and drifting a few pixels per frame so that no frame is skipped as static."""
+def world_clip(path: Path, side: int = 512, scenes: int = 3, hold_s: int = 3, fps: int = 30) -> Path:
+    """A 4:2:0 y4m clip of world scenes in grey levels, denoised and contrast stretched so that canny finds
+    their outlines; each is held ``hold_s`` seconds, swaying a few pixels so that no frame is skipped as static."""
     import cv2
 
     from trainers.miniature.world import render_batch
 
-    scenes = render_batch(seed=3, n=max(1, frames // fps), split="eval")["images"]
+    images = render_batch(seed=3, n=scenes, split="eval")["images"]
+    frames = scenes * hold_s * fps
     chroma = np.full(2 * (side // 2) ** 2, 128, np.uint8).tobytes()
     with open(path, "wb") as f:
         f.write(f"YUV4MPEG2 W{side} H{side} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for i in range(frames):
-            grey = cv2.medianBlur(cv2.cvtColor(np.asarray(scenes[(i // fps) % len(scenes)]), cv2.COLOR_RGB2GRAY), 5)
+            grey = cv2.medianBlur(cv2.cvtColor(np.asarray(images[i // (hold_s * fps)]), cv2.COLOR_RGB2GRAY), 5)
             big = cv2.resize(cv2.normalize(grey, None, 0, 255, cv2.NORM_MINMAX), (side, side),
                              interpolation=cv2.INTER_LINEAR)
-            f.write(b"FRAME\n" + np.roll(big, 3 * (i % fps) - 45, axis=1).tobytes() + chroma)
+            f.write(b"FRAME\n" + np.roll(big, round(12 * np.sin(i / fps * np.pi)), axis=1).tobytes() + chroma)
     return path
 
 
