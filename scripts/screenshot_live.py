@@ -43,7 +43,7 @@ def main(argv=None):
 
     from benchmarks.browser import launch_app, live_page
     from sdxs_core.presets import ASSETS
-    from sdxs_core.studio import ModelHub
+    from sdxs_core.hub import ModelHub
 
     with tempfile.TemporaryDirectory() as tmp:
         hub = ModelHub(search_dirs=[Path(tmp) / "outputs", ASSETS], device="cpu", outputs=Path(tmp) / "outputs")
