@@ -134,7 +134,6 @@ def main(argv=None):
     import torch
 
     from benchmarks.miniature_lora_controlnet import generate_images
-    from benchmarks.miniature_sdxs import row_engine
     from sdxs_core.loading import load_engine
     from trainers.core.diffusion import load_vae
     from trainers.miniature import world
@@ -156,8 +155,9 @@ def main(argv=None):
                                    caps))
     rows = []  # (label, engine, LoRA, steps, cfg)
     if str(args.student) not in ("", "."):
+        with_vae = load_engine(args.student, device="cpu", graphs=False, vae=args.teacher)
         rows += [("one-step student, its decoder", load_engine(args.student, device="cpu"), args.lora, 1, 0.0),
-                 ("one-step student, teacher's VAE", row_engine(args.student, args.teacher), args.lora, 1, 0.0)]
+                 ("one-step student, teacher's VAE", with_vae, args.lora, 1, 0.0)]
     if args.teacher_lora:
         rows.append((f"teacher, {args.steps} steps, CFG {args.cfg:g}", load_engine(args.teacher, device="cpu"),
                      args.teacher_lora, args.steps, args.cfg))

@@ -195,7 +195,6 @@ def main(argv=None):
     import cv2
     import torch
 
-    from benchmarks.miniature_sdxs import row_engine
     from sdxs_core.depth import MiniatureDepth
     from sdxs_core.loading import load_controlnet, load_engine
     from trainers.miniature.classifier import load_classifier
@@ -212,7 +211,8 @@ def main(argv=None):
         if not all((f / "model_index.json").is_file() for f in (pipeline, decoder)) or not (controlnet / "config.json").is_file():
             skipped.append(f"{name}: no model at {pipeline}, {decoder} or {controlnet}")
             continue
-        engine = load_engine(pipeline, device="cpu") if decoder == pipeline else row_engine(pipeline, decoder)
+        engine = (load_engine(pipeline, device="cpu") if decoder == pipeline
+                  else load_engine(pipeline, device="cpu", graphs=False, vae=decoder))
         engine.set_controlnet(load_controlnet(controlnet, engine.device, engine.dtype))
         result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, control_type=kind, control_scale=scale,
                                 depth_estimator=depth, classifier=classifier, name=name)
@@ -238,8 +238,9 @@ def main(argv=None):
                                    tuple(args.lora_scales), batch=args.batch)
         lora_result += tiny
         if (args.teacher / "model_index.json").is_file():
-            vae, vae_off = lora_rows(row_engine(args.student, args.teacher), lora, classifier, args.n,
-                                     tuple(args.lora_scales), batch=args.batch, label="one-step student, VAE decoder")
+            with_vae = load_engine(args.student, device="cpu", graphs=False, vae=args.teacher)
+            vae, vae_off = lora_rows(with_vae, lora, classifier, args.n, tuple(args.lora_scales), batch=args.batch,
+                                     label="one-step student, VAE decoder")
             lora_result += vae
             decoder_swap_consistency = layout_consistency(classifier, tiny_off, vae_off)
     report = {"n_images": args.n, "controlnet_rows": cn_rows, "lora_rows": lora_result,

@@ -80,20 +80,6 @@ def rows_to_run(teacher: Path, runs: Path, steps: int, cfg: float,
             ("FM+SSD one-step + tiny decoder", runs / "ssd" / "final", 1, 0.0, decoder)]
 
 
-def row_engine(folder: Path, decoder: Path):
-    """The pipeline at ``folder`` with the ``vae`` of ``decoder`` (both pipeline folders)."""
-    import torch
-
-    from sdxs_core.engine import OneStepEngine
-    from sdxs_core.loading import load_pipeline_components
-
-    cpu = torch.device("cpu")
-    components = load_pipeline_components(folder, cpu, torch.float32)
-    if decoder.resolve() != folder.resolve():
-        components["vae"] = load_pipeline_components(decoder, cpu, torch.float32)["vae"]
-    return OneStepEngine(**components, name=str(folder))
-
-
 def markdown_table(report: dict) -> str:
     lines = ["| model | NFE | CFG | prompt acc. | mFID | diversity | U-Net params | GFLOPs | ms/image |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -122,6 +108,7 @@ def main(argv=None):
     import cv2
     import torch
 
+    from sdxs_core.loading import load_engine
     from trainers.miniature.classifier import load_classifier
     from trainers.miniature.evaluate import evaluate_model
 
@@ -136,7 +123,7 @@ def main(argv=None):
         if missing:
             skipped.append(f"{name}: no model at {missing[0]}")
             continue
-        engine = row_engine(folder, vae_folder)
+        engine = load_engine(folder, device="cpu", graphs=False, vae=vae_folder)
         result = evaluate_model(engine, args.n, steps, cfg, batch=args.batch, classifier=classifier, name=name)
         first = first or result
         params, gflops = unet_cost(engine)

@@ -5,9 +5,9 @@ folders, ControlNets and LoRAs under ``outputs/`` and ``assets/``) and the clien
 those entries by key; anything else is refused without touching the filesystem. Only the
 operator, on the command line, may point at an arbitrary path.
 
-Fit is decided from configs and safetensors headers (no weights are loaded): a ControlNet fits
-when its cross-attention width and block layout equal the U-Net's; a LoRA fits when every layer
-it targets exists in the U-Net with the same widths.
+Fit is decided from configs and safetensors headers (no weights are loaded, ``sdxs_core.fits``): a
+ControlNet fits when its cross-attention width and block layout equal the U-Net's; a LoRA fits when
+every layer it targets exists in the U-Net with the same widths.
 
 Which one of these is loaded, and switching between them, is ``sdxs_core.hub``.
 """
@@ -16,9 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from .errors import IncompatibleWeightsError, SDXSError
+from .fits import BaseShape, lora_cross_dim, lora_key_shapes
 from .presets import ASSETS, PRESETS
 
 ROOT = ASSETS.parent
@@ -38,28 +36,6 @@ STYLES = {
 TINY_NOTE = ("This is a **random tiny test model** (64x64, untrained): its images are noise. "
              "Install the miniature model (assets/miniature/sdxs) or start with "
              "`--model sdxs-512-dreamshaper --controlnet sdxs-512-dreamshaper-sketch` on a machine with the weights.")
-
-
-@dataclass(frozen=True)
-class BaseShape:
-    """The U-Net layout an adapter must match."""
-
-    cross_attention_dim: int
-    block_out_channels: tuple[int, ...]
-    layers_per_block: int
-
-    @classmethod
-    def from_config(cls, cfg) -> "BaseShape":
-        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
-        return cls(int(get("cross_attention_dim")), tuple(get("block_out_channels")), int(get("layers_per_block")))
-
-    def __str__(self) -> str:
-        return f"cross-attn {self.cross_attention_dim}, blocks {'/'.join(map(str, self.block_out_channels))}"
-
-
-# The released SDXS U-Nets (from their config.json), so hub adapters can be matched against a base
-# loaded from any local copy without downloading anything.
-FAMILY_SHAPES = {"sd1.5": BaseShape(768, (320, 640, 1280), 1), "sd2.1": BaseShape(1024, (320, 640, 1280), 1)}
 
 
 @dataclass(frozen=True)
@@ -98,50 +74,6 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _lora_key_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
-    """Tensor names and shapes of a LoRA from its safetensors header, or None if not a LoRA."""
-    from safetensors import safe_open
-
-    file = path / "adapter_model.safetensors" if path.is_dir() else path
-    try:
-        with safe_open(str(file), "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception:  # safetensors raises its own error type for truncated or foreign files
-        return None
-    return shapes if any("lora" in k for k in shapes) else None
-
-
-def _lora_cross_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
-    for key, shape in shapes.items():
-        if "attn2.to_k" in key and ("lora_A" in key or "down" in key):
-            return shape[-1]
-    return None
-
-
-def lora_fits(unet, source: str) -> bool:
-    """Check a local LoRA against ``unet`` exactly as loading would, from shapes alone."""
-    from .lora import check_lora_fits, read_lora
-
-    path = Path(source)
-    shapes = _lora_key_shapes(path)
-    if shapes is None:
-        return False
-    prefixes = ("unet.", "base_model.model.")
-    if all(k.startswith(prefixes) for k in shapes):
-        state = {k.removeprefix("unet.").removeprefix("base_model.model."): torch.empty(s, device="meta")
-                 for k, s in shapes.items()}
-    else:  # kohya and other namings: let diffusers' converter rename the keys (LoRAs are small)
-        try:
-            state = read_lora(path)[0]
-        except SDXSError:
-            return False
-    try:
-        check_lora_fits(unet, state)
-    except IncompatibleWeightsError:
-        return False
-    return True
 
 
 def local_path(entry: Entry) -> Path | None:
@@ -183,17 +115,17 @@ def _scan(root: Path, folder: Path, depth: int, root_key: str | None = None) -> 
         label = f"{key} ({control})" if control else key
         return [Entry(key, "controlnet", str(folder), label, str(BaseShape.from_config(config)), control)]
     if (folder / "adapter_config.json").is_file():
-        shapes = _lora_key_shapes(folder)
-        return [Entry(key, "lora", str(folder), key, f"cross-attn {_lora_cross_dim(shapes)}")] if shapes else []
+        shapes = lora_key_shapes(folder)
+        return [Entry(key, "lora", str(folder), key, f"cross-attn {lora_cross_dim(shapes)}")] if shapes else []
     found = []
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):
             continue
         if child.is_dir() and depth < MAX_DEPTH:
             found += _scan(root, child, depth + 1, root_key)
-        elif child.suffix == ".safetensors" and (shapes := _lora_key_shapes(child)):
+        elif child.suffix == ".safetensors" and (shapes := lora_key_shapes(child)):
             name = f"{root_key}/{child.relative_to(root).as_posix()}"
-            found.append(Entry(name, "lora", str(child), name, f"cross-attn {_lora_cross_dim(shapes)}"))
+            found.append(Entry(name, "lora", str(child), name, f"cross-attn {lora_cross_dim(shapes)}"))
     return found
 
 

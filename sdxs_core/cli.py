@@ -41,7 +41,7 @@ def _generate(args) -> int:
 
 def _info(args) -> int:
     from .devices import resolve_device, resolve_dtype
-    from .loading import hub_offline, resolve_model_dir
+    from .sources import hub_offline, resolve_model_dir
     from .presets import PRESETS
 
     device = resolve_device(args.device)

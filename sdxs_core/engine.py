@@ -24,8 +24,10 @@ from PIL import Image
 
 from .devices import synchronize
 from .errors import PromptTruncatedWarning
+from .fits import check_controlnet_fits
 from .graphs import GraphCache
 from .images import ImageLike, to_rgb_image
+from .sources import resolve_model_dir
 
 MAX_SEED = 2**64 - 1
 
@@ -145,8 +147,6 @@ class OneStepEngine:
 
     # ---- components ---------------------------------------------------------------------------
     def set_controlnet(self, controlnet) -> None:
-        from .loading import check_controlnet_fits
-
         if controlnet is not None:
             check_controlnet_fits(controlnet, self.unet)
             controlnet.eval().requires_grad_(False)
@@ -157,7 +157,6 @@ class OneStepEngine:
         """Add a LoRA (diffusers / PEFT / kohya file, folder, preset or hub id) and activate it."""
         from pathlib import Path
 
-        from .loading import resolve_model_dir
         from .lora import apply_lora
 
         path = Path(source) if Path(str(source)).exists() else resolve_model_dir(source, kind="lora")[0]

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .catalogue import (FAMILY_SHAPES, OUTPUTS, STYLES, TINY_NOTE, BaseShape, Entry, local_path, read_json,
-                        control_rank, control_type_of, discover, ensure_tiny_model, lora_fits)
+from .catalogue import (OUTPUTS, STYLES, TINY_NOTE, Entry, control_rank, control_type_of, discover, ensure_tiny_model,
+                        local_path, read_json)
 from .devices import resolve_device, resolve_dtype
 from .errors import ModelUnavailableError, SDXSError
+from .fits import FAMILY_SHAPES, BaseShape, lora_fits
 from .loading import load_controlnet, load_engine
 from .presets import ASSETS, DEFAULT_MODEL, PRESETS
 

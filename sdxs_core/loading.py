@@ -6,76 +6,16 @@ tests that load a folder written by ``sdxs_core.testkit`` exercise what users ru
 
 import json
 import os
-import socket
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .devices import resolve_device, resolve_dtype
-from .errors import IncompatibleWeightsError, ModelNotFoundError, ModelUnavailableError, NotAPipelineError
-from .presets import DEFAULT_MODEL, PRESETS, Preset, _is_hub_id
-
-HUB_HOST = "huggingface.co"
-_WEIGHT_PATTERNS = ["*.json", "*.txt", "*.safetensors", "tokenizer*/*", "*.model"]
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """One quick TCP connect, so an offline machine fails in ~1 s instead of retrying for ~20 s."""
-    if hub_offline():
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _unavailable_message(name: str, repo_id: str, kind: str) -> str:
-    shown = f"'{name}' ({repo_id})" if name != repo_id else f"'{repo_id}'"
-    return (
-        f"The {kind} {shown} is not in the local Hugging Face cache and the Hub cannot be reached "
-        f"({'HF_HUB_OFFLINE is set' if hub_offline() else 'no network'}). "
-        f"On a machine with network, fetch it with `hf download {repo_id}` (older huggingface_hub: "
-        f"`huggingface-cli download {repo_id}`) and copy the cache (~/.cache/huggingface) here, or "
-        f"download it into a folder (`hf download {repo_id} --local-dir DIR`) and pass that folder instead. "
-        f"The bundled miniature model runs offline: `--model {DEFAULT_MODEL}`."
-    )
-
-
-def resolve_model_dir(model: str | os.PathLike, kind: str = "pipeline") -> tuple[Path, Preset | None]:
-    """Map a preset name, local folder or hub id to a local folder (downloading only when online)."""
-    model = str(model)
-    preset = PRESETS.get(model)
-    if preset is not None and preset.kind != kind:
-        raise NotAPipelineError(f"'{model}' is a {preset.kind} preset, not a {kind}")
-    source = preset.source if preset else model
-    if preset is not None and preset.bundled:
-        path = Path(source)
-        if not path.is_dir():
-            raise ModelNotFoundError(f"bundled model '{model}' is missing at {path}; "
-                                     f"reinstall the repository or run its recipe to rebuild it")
-        return path, preset
-    path = Path(source).expanduser()
-    if path.exists():
-        return path, preset
-    if not _is_hub_id(source):
-        names = ", ".join(n for n, p in PRESETS.items() if p.kind == kind)
-        raise ModelNotFoundError(f"no {kind} at '{model}': not an existing path, a hub id (org/name) "
-                                 f"or a preset ({names})")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-    try:
-        return Path(snapshot_download(source, local_files_only=True)), preset
-    except LocalEntryNotFoundError:
-        pass
-    if not hub_reachable():
-        raise ModelUnavailableError(_unavailable_message(model, source, kind))
-    return Path(snapshot_download(source, allow_patterns=_WEIGHT_PATTERNS)), preset
+from .errors import NotAPipelineError
+from .fits import check_vae_fits
+from .presets import DEFAULT_MODEL, PRESETS
+from .sources import resolve_model_dir
 
 
 def _describe_folder(path: Path) -> str:
@@ -174,32 +114,51 @@ def load_controlnet(source: str | os.PathLike, device: torch.device, dtype: torc
     return controlnet.to(device)
 
 
-def check_controlnet_fits(controlnet, unet) -> None:
-    """A ControlNet adds residuals to the U-Net's skip connections: widths must agree exactly."""
-    c, u = controlnet.config, unet.config
-    if c.cross_attention_dim != u.cross_attention_dim:
-        raise IncompatibleWeightsError(
-            f"this ControlNet was made for a base with cross-attention width {c.cross_attention_dim}; "
-            f"the loaded U-Net has {u.cross_attention_dim} (e.g. an SD2.1 ControlNet on an SD1.5 model)")
-    if tuple(c.block_out_channels) != tuple(u.block_out_channels) or c.layers_per_block != u.layers_per_block:
-        raise IncompatibleWeightsError(
-            f"this ControlNet's blocks {tuple(c.block_out_channels)} x{c.layers_per_block} do not match the "
-            f"U-Net's {tuple(u.block_out_channels)} x{u.layers_per_block}: it was made for another U-Net")
+VAE_CLASSES = ("AutoencoderTiny", "AutoencoderKL")
+
+
+def load_vae(source: str | os.PathLike, device: torch.device, dtype: torch.dtype):
+    """A decoder from a pipeline folder (its ``vae``), a decoder's own folder or a hub id (e.g. a
+    TAESD-like tiny decoder); an ``AutoencoderKL`` stays fp32 under fp16, as in a pipeline."""
+    import diffusers
+
+    source = str(source)
+    preset = PRESETS.get(source)
+    path, _ = resolve_model_dir(source, kind=preset.kind if preset else "vae")
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    config = folder / "config.json"
+    if not config.is_file():
+        raise NotAPipelineError(f"'{path}' holds no decoder: config.json is missing ({_describe_folder(folder)})")
+    cls = json.loads(config.read_text()).get("_class_name")
+    if cls not in VAE_CLASSES:
+        raise NotAPipelineError(f"'{folder}' holds a {cls}, not a decoder ({' or '.join(VAE_CLASSES)})")
+    keep_fp32 = cls == "AutoencoderKL" and dtype == torch.float16
+    try:
+        with _quiet_diffusers():
+            vae = getattr(diffusers, cls).from_pretrained(folder, use_safetensors=True, local_files_only=True,
+                                                          dtype=torch.float32 if keep_fp32 else dtype)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise _wrap_load_error(folder, e) from e
+    return vae.to(device)
 
 
 def load_engine(model: str | os.PathLike = DEFAULT_MODEL, controlnet: str | os.PathLike | None = None,
                 lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                graphs: bool | None = None):
+                graphs: bool | None = None, vae: str | os.PathLike | None = None):
     """The one entry point: a ready ``OneStepEngine`` for a model (+ optional ControlNet and LoRA).
     ``graphs``: trace the one-step path (``sdxs_core.graphs``); default on a CPU, where Python
-    overhead is a large share of a small model's time."""
+    overhead is a large share of a small model's time. ``vae``: decode with another model's decoder
+    (a pipeline folder, a decoder folder or hub id; see ``load_vae``) instead of the model's own."""
     from .engine import OneStepEngine
 
     device = resolve_device(device)
     dtype = resolve_dtype(device, dtype)
     path, preset = resolve_model_dir(model, kind="pipeline")
     components = load_pipeline_components(path, device, dtype)
+    if vae is not None:
+        components["vae"] = load_vae(vae, device, dtype)
+        check_vae_fits(components["vae"], components["unet"])
     graphs = device.type == "cpu" if graphs is None else graphs
     engine = OneStepEngine(**components, name=preset.name if preset else str(model), graphs=graphs)
     if controlnet is not None:

@@ -10,7 +10,7 @@ from sdxs_core import ModelNotFoundError, ModelUnavailableError, NotAPipelineErr
 from sdxs_core.architectures import (build_controlnet, build_sdxs512_unet, build_taesd, build_unet, count_params,
                                      sdxs512_unet_config, tiny_unet_config)
 from sdxs_core.devices import resolve_device, resolve_dtype
-from sdxs_core.loading import resolve_model_dir
+from sdxs_core.sources import resolve_model_dir
 
 
 def test_loads_local_folder_on_cpu_fp32(tiny_dir):
@@ -151,3 +151,32 @@ def test_model_index_without_unet(tiny_dir, tmp_path):
     (odd / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(NotAPipelineError, match="without unet"):
         load_engine(odd)
+
+
+def test_vae_argument_swaps_in_another_decoder_under_the_models_own_unet(tiny_dir, tmp_path):
+    from sdxs_core.testkit import write_tiny_pipeline
+
+    other = write_tiny_pipeline(tmp_path / "other", seed=3)
+    torch.manual_seed(7)
+    build_taesd(4, "tiny").save_pretrained(tmp_path / "decoder-only", safe_serialization=True)
+    own, theirs = load_engine(tiny_dir, device="cpu"), load_engine(other, device="cpu")
+    swapped = load_engine(tiny_dir, device="cpu", vae=other)  # a pipeline folder: its vae/
+    for name, value in swapped.vae.state_dict().items():
+        assert torch.equal(value, theirs.vae.state_dict()[name])
+    for name, value in swapped.unet.state_dict().items():
+        assert torch.equal(value, own.unet.state_dict()[name])
+    alone = load_engine(tiny_dir, device="cpu", vae=tmp_path / "decoder-only")  # a decoder's own folder
+    images = [e.generate("a", seed=1, output_type="np").images for e in (own, swapped, alone)]
+    assert abs(images[0] - images[1]).max() > 1e-3 and abs(images[1] - images[2]).max() > 1e-3
+
+
+def test_vae_argument_refuses_a_decoder_for_other_latents_and_a_non_decoder(tiny_dir, tiny_controlnet_dir, tmp_path):
+    from sdxs_core import IncompatibleWeightsError
+
+    build_taesd(8, "tiny").save_pretrained(tmp_path / "wide", safe_serialization=True)
+    with pytest.raises(IncompatibleWeightsError, match="8-channel latents; the U-Net makes 4"):
+        load_engine(tiny_dir, device="cpu", vae=tmp_path / "wide")
+    with pytest.raises(NotAPipelineError, match="ControlNetModel, not a decoder"):
+        load_engine(tiny_dir, device="cpu", vae=tiny_controlnet_dir)
+    with pytest.raises(ModelNotFoundError, match="no vae at"):
+        load_engine(tiny_dir, device="cpu", vae=tmp_path / "nowhere")

@@ -235,7 +235,7 @@ TEACHER_LORA = SD4.parent / "lora-pastel-teacher-sd4" / "pytorch_lora_weights.sa
 def test_bundled_teacher_style_lora_makes_the_sd4_teacher_pastel_and_fits_no_student():
     """LoRA-SSD's input ships, so the student's LoRA can be remade from the assets alone: the teacher with
     it draws what the evaluator reads as pastel, without it plain; the one-step students refuse it."""
-    from sdxs_core.catalogue import lora_fits
+    from sdxs_core.fits import lora_fits
     from trainers.miniature import world
     from trainers.miniature.classifier import load_classifier, predict_attributes
 

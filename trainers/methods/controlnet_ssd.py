@@ -168,7 +168,7 @@ class ControlNetSSD(SSD):
 
     def setup(self, accelerator):
         from sdxs_core.architectures import build_controlnet
-        from sdxs_core.loading import check_controlnet_fits
+        from sdxs_core.fits import check_controlnet_fits
 
         c = self.config
         teacher = self.load_teacher(accelerator)
