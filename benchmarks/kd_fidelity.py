@@ -24,10 +24,11 @@ TIMESTEPS = (50, 200, 400, 600, 800, 950, 999)
 
 def fidelity(teacher: dict, student_unet, n: int = 256, timesteps=TIMESTEPS, seed: int = 0, batch: int = 64) -> list[dict]:
     """Rows ``{t, eps_mse, x0_mse, teacher_x0_err, student_x0_err}`` for one student. ``teacher``: the
-    components of ``trainers.core.diffusion.load_components``."""
+    components of ``trainers.core.components.load_components``."""
     import torch
 
-    from trainers.core.diffusion import NoiseSchedule, encode_prompts, unet_forward
+    from trainers.core.noise_schedule import NoiseSchedule, unet_forward
+    from trainers.core.prompts import encode_prompts
     from trainers.methods.controlnet_ssd import world_data
     from trainers.miniature import world
     from trainers.miniature.evaluate import reference_set
@@ -67,7 +68,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from trainers.core.diffusion import load_components
+    from trainers.core.components import load_components
     from trainers.core.student import build_student
 
     torch.set_num_threads(args.threads)

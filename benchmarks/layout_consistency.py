@@ -135,7 +135,7 @@ def main(argv=None):
 
     from benchmarks.miniature_lora_controlnet import generate_images
     from sdxs_core.loading import load_engine
-    from trainers.core.diffusion import load_vae
+    from trainers.core.components import load_vae
     from trainers.miniature import world
     from trainers.miniature.classifier import load_classifier
 

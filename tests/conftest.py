@@ -22,7 +22,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mid_teacher_dir(tmp_path_factory):
     """A tiny SD-like teacher (mid block, three stages) that block removal can shrink."""
-    from trainers.core.testing import write_tiny_teacher
+    from trainers.miniature.testing import write_tiny_teacher
 
     return write_tiny_teacher(tmp_path_factory.mktemp("models") / "tiny-mid")
 

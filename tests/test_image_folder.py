@@ -150,7 +150,7 @@ def encode_as_before(vae, images, chunk):
 def test_encode_latents_gives_world_data_its_former_numbers(tiny_dir):
     from diffusers import AutoencoderKL
 
-    from trainers.core.diffusion import load_components
+    from trainers.core.components import load_components
     from trainers.methods.controlnet_ssd import world_data
     from trainers.miniature import world
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from benchmarks.layout_consistency import (ASSETS, ceiling_row, lora_pair_split, markdown_tables, restyled_renders,
                                            roundtrip)
-from trainers.core.diffusion import load_vae
+from trainers.core.components import load_vae
 from trainers.miniature.classifier import load_classifier
 
 

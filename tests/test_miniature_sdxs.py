@@ -32,7 +32,7 @@ def test_kd_fidelity_is_zero_for_the_teacher_itself_and_grows_with_noise_in_x0(t
     import torch
 
     from benchmarks.kd_fidelity import fidelity
-    from trainers.core.diffusion import load_components
+    from trainers.core.components import load_components
 
     torch.set_num_threads(1)
     teacher = load_components(tiny_dir, "cpu")

@@ -41,14 +41,16 @@ def test_config_yaml_cli_overrides_and_dry_run(tmp_path, tiny_dir, capsys):
     assert printed["alpha_start"] == 0.8 and printed["val_prompts"] == ["x", "y"]
 
 
-def test_atomic_write_text_replaces_whole_files_readable_by_others(tmp_path):
-    from trainers.core.config import atomic_write_text
+def test_save_config_replaces_whole_files_readable_by_others(tmp_path):
+    from trainers.core.config import save_config
+    from trainers.methods.ssd import SSDConfig
 
-    path = tmp_path / "run" / "config.json"
-    atomic_write_text(path, "old")
-    atomic_write_text(path, "new")
-    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in path.parent.iterdir()] == ["config.json"]  # no temp files left
+    run = tmp_path / "run"
+    save_config(SSDConfig(max_steps=1), run)
+    save_config(SSDConfig(max_steps=2), run)
+    path = run / "config.json"
+    assert json.loads(path.read_text())["max_steps"] == 2 and path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in run.iterdir()] == ["config.json"]  # no temp files left
 
 
 def test_config_errors_name_the_bad_value(tiny_dir):
@@ -97,7 +99,7 @@ def test_block_removed_config_turns_sd21_into_sdxs512():
 
 def test_block_removed_student_is_smaller_and_copies_weights(mid_teacher_dir):
     from sdxs_core.architectures import count_params
-    from trainers.core.diffusion import load_components
+    from trainers.core.components import load_components
     from trainers.core.student import build_student, student_name_map
 
     teacher = load_components(mid_teacher_dir, "cpu")["unet"]
@@ -116,7 +118,9 @@ def test_block_removed_student_is_smaller_and_copies_weights(mid_teacher_dir):
 # ---- losses ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_parts(tiny_dir):
-    from trainers.core.diffusion import NoiseSchedule, encode_prompts, load_components
+    from trainers.core.components import load_components
+    from trainers.core.noise_schedule import NoiseSchedule
+    from trainers.core.prompts import encode_prompts
 
     torch.set_num_threads(1)
     c = load_components(tiny_dir, "cpu")
@@ -339,7 +343,7 @@ def test_wall_time_budget_ends_the_run_and_drives_the_schedules(tmp_path, tiny_d
 
 
 def test_link_shared_parts_links_only_identical_components(tmp_path):
-    from trainers.core.diffusion import link_shared_parts
+    from trainers.core.pipeline_folder import link_shared_parts
 
     def part(root, name, files):
         (root / name).mkdir(parents=True)
@@ -363,7 +367,7 @@ def test_link_shared_parts_links_only_identical_components(tmp_path):
 def test_load_vae_picks_the_class_its_config_names(tmp_path, mid_teacher_dir):
     from diffusers import AutoencoderKL, AutoencoderTiny
 
-    from trainers.core.diffusion import load_vae
+    from trainers.core.components import load_vae
 
     assert type(load_vae(mid_teacher_dir)) is AutoencoderTiny  # a pipeline folder: its vae
     AutoencoderKL(block_out_channels=(8,), norm_num_groups=8).save_pretrained(tmp_path / "kl")
@@ -374,7 +378,7 @@ def test_load_vae_picks_the_class_its_config_names(tmp_path, mid_teacher_dir):
 
 
 def test_replacing_a_linked_model_keeps_what_its_dependents_had(tmp_path):
-    from trainers.core.diffusion import link_shared_parts, write_pipeline_atomically
+    from trainers.core.pipeline_folder import link_shared_parts, write_pipeline_atomically
 
     class Folder:  # what write_pipeline_atomically needs of a pipeline
         def __init__(self, text):
@@ -419,3 +423,31 @@ def test_real_model_presets_name_only_real_options():
         unknown = set(yaml.safe_load(block)) - {f.name for f in dataclasses.fields(config)}
         assert not unknown, f"{config.__name__} has no option {sorted(unknown)}"
     assert seen == {SSDConfig, ControlNetSSDConfig, LoRASSDConfig}
+
+
+def test_prompt_sources_are_registered_not_imported_by_the_core(tmp_path):
+    import ast
+    from pathlib import Path
+
+    from trainers.core.config import load_config
+    from trainers.core.prompts import PROMPT_SOURCES, load_prompts, register_prompt_source
+    from trainers.methods.ssd import SSDConfig
+
+    core = Path(__file__).resolve().parent.parent / "trainers" / "core"
+    for path in core.glob("*.py"):
+        if path.name == "image_folder.py":  # its classifier captions: moved out with the control-type table
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "miniature" not in (node.module or ""), f"{path.name} imports {node.module}"
+    assert load_prompts("miniature", 3, 0) == load_prompts("miniature", 3, 0) and len(load_prompts("miniature", 3)) == 3
+    with pytest.raises(ValueError, match="prompts='nope': use 'miniature'"):
+        load_config(SSDConfig, None, {"prompts": "nope"}).validate()
+    register_prompt_source("abc", lambda n, seed: ["a", "b", "c"][:n])
+    try:
+        assert load_prompts("abc", 2) == ["a", "b"]
+        assert not any("prompts=" in e for e in load_config(SSDConfig, None, {"prompts": "abc"}).errors())
+    finally:
+        del PROMPT_SOURCES["abc"]
+    (tmp_path / "p.txt").write_text("x\n\ny\nz\n")
+    assert load_prompts(str(tmp_path / "p.txt"), 2) == ["x", "y"]

@@ -49,8 +49,9 @@ ALL_LAYERS = [*ATTENTION, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "c
 @pytest.mark.parametrize("targets", [list(ATTENTION), ALL_LAYERS], ids=["attention", "attention+ff+conv"])
 def test_lora_ssd_trains_only_the_student_lora_and_exports_an_engine_lora(tmp_path, tiny_dir, style_lora, targets):
     from sdxs_core import load_engine
-    from trainers.core.diffusion import NoiseSchedule, load_components, one_step
+    from trainers.core.components import load_components
     from trainers.core.losses import unwrap
+    from trainers.core.noise_schedule import NoiseSchedule, one_step
     from trainers.methods.lora_ssd import STYLE_ADAPTER, LoRASSD
 
     out, method = run(LoRASSD, tiny_dir, tmp_path / "lora", style_lora=str(style_lora), lora_rank=2, lora_alpha=4.0,
@@ -177,7 +178,7 @@ def test_lora_ssd_without_teacher_lora_reduces_lambda_fm(tmp_path, tiny_dir, tin
 def test_lora_ssd_restyles_plain_pairs_keeping_their_noise(tmp_path, tiny_dir, style_lora):
     from sdxs_core import load_engine
     from trainers.core.config import load_config
-    from trainers.core.diffusion import read_pairs
+    from trainers.core.pairs import read_pairs
     from trainers.methods.lora_ssd import LoRASSD
 
     opts = {**SMALL, "teacher": str(tiny_dir), "run_dir": str(tmp_path), "style_lora": str(style_lora),
@@ -269,9 +270,10 @@ class Accel:  # just what Method.setup / batch read
 def cn_models(tmp_path_factory):
     """The SD-like tiny teacher (mid block), its ControlNet, and a block-removed (mid-less) student pipeline."""
     from sdxs_core.testkit import write_tiny_controlnet
-    from trainers.core.diffusion import load_components, save_pipeline_folder
+    from trainers.core.components import load_components
+    from trainers.core.pipeline_folder import save_pipeline_folder
     from trainers.core.student import build_student
-    from trainers.core.testing import write_tiny_teacher
+    from trainers.miniature.testing import write_tiny_teacher
 
     root = tmp_path_factory.mktemp("cn")
     teacher = write_tiny_teacher(root / "teacher")

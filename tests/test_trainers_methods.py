@@ -27,8 +27,9 @@ def loads_and_generates(folder, steps=1):
 
 
 def test_ssd_trains_online_dm_not_offline_and_exports_one_step_student(tmp_path, tiny_dir):
-    from trainers.core.diffusion import NoiseSchedule, load_components, one_step
+    from trainers.core.components import load_components
     from trainers.core.losses import unwrap
+    from trainers.core.noise_schedule import NoiseSchedule, one_step
     from trainers.methods.ssd import SSD
 
     out, method = run(SSD, tiny_dir, tmp_path / "ssd", student_every=1)
@@ -79,7 +80,7 @@ def test_ssd_student_gradient_comes_from_fm_only_when_alpha_zero(tmp_path, tiny_
 
 def test_ssd_fresh_rows_get_new_noise_and_captions_and_only_the_score_term(tmp_path, tiny_dir):
     from trainers.core.config import load_config
-    from trainers.core.diffusion import encode_prompts
+    from trainers.core.prompts import encode_prompts
     from trainers.methods.ssd import SSD
 
     class Accel:
@@ -265,8 +266,8 @@ def test_decoder_learns_on_the_students_own_latents_and_continues_a_decoder(tmp_
     from sdxs_core import load_engine
     from sdxs_core.control import extract
     from trainers.core.config import load_config
-    from trainers.miniature import world
     from trainers.methods.decoder import DecoderDistill
+    from trainers.miniature import world
 
     controlnet = shutil.copytree(tiny_controlnet_dir, tmp_path / "cn-canny")  # its type from the folder name
     first, _ = run(DecoderDistill, mid_teacher_dir, tmp_path / "dec", decoder_size="tiny", latent_source="world",

@@ -59,7 +59,7 @@ def _digest(method, run_dir) -> dict:
 
 
 def _pairs_digest(path) -> dict:
-    from trainers.core.diffusion import read_pairs
+    from trainers.core.pairs import read_pairs
 
     pairs, _ = read_pairs(path)
     return {k: [pairs[k].double().sum().item(), pairs[k].double().abs().sum().item()] for k in ("noise", "latents")} | \
@@ -68,9 +68,10 @@ def _pairs_digest(path) -> dict:
 
 def _cn_models(root):
     from sdxs_core.testkit import write_tiny_controlnet
-    from trainers.core.diffusion import load_components, save_pipeline_folder
+    from trainers.core.components import load_components
+    from trainers.core.pipeline_folder import save_pipeline_folder
     from trainers.core.student import build_student
-    from trainers.core.testing import write_tiny_teacher
+    from trainers.miniature.testing import write_tiny_teacher
 
     teacher = write_tiny_teacher(root / "teacher")
     teacher_cn = write_tiny_controlnet(teacher, root / "teacher-cn")

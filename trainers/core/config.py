@@ -7,12 +7,13 @@ validated up front, and kept in the run folder as JSON.
 
 import argparse
 import dataclasses
-import json
-import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sdxs_core.files import atomic_write_json
+
+from .prompts import prompt_source_error
 
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("no", "bf16")  # fp16 is refused: one-step distillation diverges in fp16 (DMD2)
@@ -24,7 +25,7 @@ class TrainConfig:
 
     # models and data
     teacher: str = ""  # diffusers StableDiffusionPipeline folder: ODE sampler, VAE, text encoder
-    prompts: str = "miniature"  # "miniature" (the world's captions) or a text file, one prompt a line
+    prompts: str = "miniature"  # a registered source ("miniature": the world's captions) or a text file, one prompt a line
     num_prompts: int = 2048
     resolution: int = 0  # image side; 0 = the teacher U-Net's sample_size x VAE factor
     # run
@@ -65,8 +66,8 @@ class TrainConfig:
             e.append("teacher is required: a diffusers pipeline folder")
         elif not (Path(self.teacher) / "model_index.json").is_file():
             e.append(f"teacher={self.teacher!r} is not a diffusers pipeline folder (no model_index.json)")
-        if self.prompts != "miniature" and not Path(self.prompts).is_file():
-            e.append(f"prompts={self.prompts!r}: use 'miniature' or a text file with one prompt a line")
+        if (why := prompt_source_error(self.prompts)) is not None:
+            e.append(why)
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
                      "keep_checkpoints", "log_every", "num_prompts"):
             if getattr(self, name) < 1:
@@ -183,19 +184,5 @@ def parse_args(cls, argv=None, description: str = ""):
     return config, args.dry_run
 
 
-# ---- atomic writes ----------------------------------------------------------------------------------
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file and ``os.replace``: a killed process never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; configs and run records are meant to be shared
-    os.replace(tmp, path)
-
-
 def save_config(config: TrainConfig, run_dir: Path) -> None:
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_json(run_dir / "config.json", config.to_dict())

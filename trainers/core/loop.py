@@ -8,9 +8,9 @@ checkpointing, checkpoint/resume to the exact step, EMA, the NaN guard, logs and
 """
 
 import importlib.util
+import io
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,7 +20,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import TrainConfig, atomic_write_text, save_config
+from sdxs_core.files import atomic_write, replace_dir
+
+from .config import TrainConfig, save_config
 from .ema import EMA
 from .losses import unwrap
 from .schedules import lr_at
@@ -79,9 +81,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -93,7 +93,7 @@ def _trim_log(path: Path, step: int) -> None:
     """On resume, drop log lines past the checkpoint: they will be logged again."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+        atomic_write(path, "".join(ln + "\n" for ln in lines))
 
 
 def save_grid(images: np.ndarray, path: Path) -> None:
@@ -101,10 +101,9 @@ def save_grid(images: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     row = np.concatenate(list(images), axis=1)
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((row * 255).round().clip(0, 255).astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    Image.fromarray((row * 255).round().clip(0, 255).astype(np.uint8)).save(png, format="PNG")
+    atomic_write(path, png.getvalue())
 
 
 def _device_of(config: TrainConfig) -> str:

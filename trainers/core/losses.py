@@ -147,7 +147,7 @@ class ScoreDistillationLoss:
     def __call__(self, x0, embeds, alpha: float, uncond=None, generator=None):
         if alpha <= self.t_min:  # the score segment is empty: Eq. 11 is all feature matching
             return x0.sum() * 0.0, {"sd": 0.0}
-        from .diffusion import unet_forward
+        from .noise_schedule import unet_forward
 
         with torch.no_grad():
             t = self.schedule.sample_t(x0.shape[0], self.t_min, alpha, generator, x0.device)
@@ -209,7 +209,7 @@ class DenoisingLoss:
         self.unet, self.schedule = unet, schedule
 
     def __call__(self, x0, embeds, generator=None):
-        from .diffusion import unet_forward
+        from .noise_schedule import unet_forward
 
         x0 = x0.detach().float()
         t = self.schedule.sample_t(x0.shape[0], 0.0, 1.0, generator, x0.device)
@@ -232,7 +232,7 @@ class KDLoss:
         self.s_hooks = FeatureHooks(student, list(self.block_map.values()))
 
     def __call__(self, xt, t, embeds, weight=None):
-        from .diffusion import unet_forward
+        from .noise_schedule import unet_forward
 
         with torch.no_grad(), self.t_hooks.recording():
             t_out = unet_forward(self.teacher, xt, t, embeds)

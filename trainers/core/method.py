@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
+from .components import load_components, load_vae
 from .config import TrainConfig, parse_args
-from .diffusion import (NoiseSchedule, encode_prompts, load_components, load_prompts, load_vae, pair_cache,
-                        save_pipeline_folder)
+from .noise_schedule import NoiseSchedule
+from .pairs import PairSpec, pair_cache
+from .pipeline_folder import save_pipeline_folder
+from .prompts import encode_prompts, load_prompts
 
 
 @dataclass
@@ -84,16 +87,24 @@ class Method(ABC):
         self.uncond = encode_prompts(self.teacher["tokenizer"], self.teacher["text_encoder"], [""], self.device)
         return self.teacher
 
+    def pair_spec(self, **changes) -> PairSpec:
+        """The teacher's ODE pairs this run's options describe (``changes``: e.g. a LoRA teacher)."""
+        c = self.config
+        return PairSpec(teacher=c.teacher, prompts=tuple(self.prompts), n=c.num_pairs, steps=c.teacher_steps,
+                        guidance=c.teacher_guidance, resolution=self.resolution, seed=c.seed, **changes)
+
+    def shared_cache(self, accelerator, make, path, spec) -> dict:
+        """``make(path, spec, device, batch)`` (a pair cache) run on the main process, then read by all."""
+        if accelerator.is_main_process:
+            make(path, spec, self.device, batch=self.pair_batch())
+        accelerator.wait_for_everyone()
+        return make(path, spec, self.device)
+
     def load_pairs(self, accelerator) -> dict:
         """The teacher's ODE pairs: made on the main process, then read by all."""
         c = self.config
         path = Path(c.pair_cache or Path(c.run_dir) / "pairs.safetensors")
-        args = (path, c.teacher, self.prompts, c.num_pairs, c.teacher_steps, c.teacher_guidance, self.resolution,
-                c.seed, self.device)
-        if accelerator.is_main_process:
-            pair_cache(*args, batch=self.pair_batch())
-        accelerator.wait_for_everyone()
-        self.pairs = pair_cache(*args)
+        self.pairs = self.shared_cache(accelerator, pair_cache, path, self.pair_spec())
         return self.pairs
 
     def pair_batch(self) -> int:
@@ -137,7 +148,7 @@ class Method(ABC):
     def engine(self, unet, vae=None):
         from sdxs_core.engine import OneStepEngine
 
-        from .diffusion import one_step_scheduler
+        from .noise_schedule import one_step_scheduler
 
         t = self.teacher
         return OneStepEngine(t["tokenizer"], t["text_encoder"], unet, vae or t["vae"], one_step_scheduler(t["scheduler"]))

@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdxs_core.files import atomic_write_json
 from trainers.jobs.plan import PRESETS, JobError, JobRequest, Plan, plan_job, preset_names
-from trainers.jobs.store import ENDED, RESUMABLE, Job, JobStore, write_json_atomically
+from trainers.jobs.store import ENDED, RESUMABLE, Job, JobStore
 from trainers.jobs.worker import CANCEL_FILE, OUTPUT, PLAN_FILE, PROGRESS_FILE
 
 LOG_FILE = "worker.log"
@@ -118,7 +119,7 @@ class JobManager:
         folder = self.store.folder(job)
         try:
             folder.mkdir(parents=True)
-            write_json_atomically(folder / PLAN_FILE, plan_job(request, folder, self.cache, self.presets).to_dict())
+            atomic_write_json(folder / PLAN_FILE, plan_job(request, folder, self.cache, self.presets).to_dict())
         except BaseException:
             self.store.move(job.id, "cancelled", ("queued",), reason="could not write the job folder")
             raise

@@ -7,7 +7,6 @@ final artefact. States move only along ``TRANSITIONS``; every move is one transa
 states it may come from, so two processes can never both start, finish or resume the same job.
 """
 
-import json
 import re
 import sqlite3
 import time
@@ -172,8 +171,3 @@ class JobStore:
                        "attempts = attempts + 1, cancel_requested = NULL WHERE id = ?", (time.time(), row["id"]))
         return self.get(row["id"])
 
-
-def write_json_atomically(path: Path, obj) -> None:
-    from trainers.core.config import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -17,8 +17,9 @@ import traceback
 from collections import deque
 from pathlib import Path
 
+from sdxs_core.files import atomic_write_json, replace_dir
 from trainers.jobs.plan import LORA_FILE, Plan
-from trainers.jobs.store import JobStore, write_json_atomically
+from trainers.jobs.store import JobStore
 
 CANCEL_FILE = "cancel"
 PROGRESS_FILE = "progress.json"
@@ -44,7 +45,7 @@ class Progress:
         if len(self.window) > 1 and self.window[-1][1] > self.window[0][1]:
             rate = (self.window[-1][1] - self.window[0][1]) / (self.window[-1][0] - self.window[0][0])
         eta = (1 - share) * (now - self._t0) / (share - self._share0) if share > self._share0 else None
-        write_json_atomically(self.path, {
+        atomic_write_json(self.path, {
             "stage": self.stages[index] if index < len(self.stages) else None, "stage_index": index,
             "stages": self.stages, "phase": phase, "step": step, "steps": steps, "stage_share": round(share, 4),
             "job_share": round(min(1.0, (index + share) / len(self.stages)), 4), "steps_per_s": round(rate, 4),
@@ -69,9 +70,7 @@ def publish(plan: Plan, job_dir: Path) -> Path:
                 shutil.copy2(final / name, tmp / name)
     else:
         shutil.copytree(final, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return replace_dir(tmp, out)
 
 
 def run_job(job_dir: Path, job_id: int | None = None) -> str:
@@ -121,7 +120,7 @@ def run_job(job_dir: Path, job_id: int | None = None) -> str:
             try:
                 train(config, method, on_step=on_step, stop=cancel.exists)
             finally:  # what this process did, so a multi-process run can be checked rank by rank
-                write_json_atomically(Path(config.run_dir) / f"rank-{rank}.json",
+                atomic_write_json(Path(config.run_dir) / f"rank-{rank}.json",
                                       {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
                                        "last_step": state.get("step"), "steps_run": state.get("count", 0)})
         if main_process:

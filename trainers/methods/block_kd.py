@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from trainers.core.diffusion import save_pipeline_folder
 from trainers.core.loop import Phase
 from trainers.core.losses import KDLoss, unwrap
 from trainers.core.method import Method, PairConfig, borrowed, main
+from trainers.core.pipeline_folder import save_pipeline_folder
 from trainers.core.student import block_removed_config, default_block_map, init_from_teacher
 
 

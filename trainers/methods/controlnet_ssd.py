@@ -37,11 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainers.core.diffusion import one_step, write_pipeline_atomically
 from trainers.core.image_folder import encode_latents
 from trainers.core.loop import Phase
 from trainers.core.losses import DenoisingLoss, KDLoss, ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder, unwrap
 from trainers.core.method import borrowed, main
+from trainers.core.noise_schedule import one_step
+from trainers.core.pipeline_folder import write_pipeline_atomically
 from trainers.core.schedules import Anneal
 from trainers.core.student import build_student, default_block_map
 from trainers.methods.ssd import SSD, SSDConfig
@@ -203,7 +204,7 @@ class ControlNetSSD(SSD):
 
     def setup_ssd(self, teacher):
         c = self.config
-        from trainers.core.diffusion import load_components
+        from trainers.core.components import load_components
 
         offline = teacher["unet"] if not c.offline_dm else load_components(c.offline_dm, self.device)["unet"]
         offline.eval().requires_grad_(False)

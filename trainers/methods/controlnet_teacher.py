@@ -103,7 +103,7 @@ class ControlNetTeacher(Method):
         return batch
 
     def loss(self, batch, step):
-        from trainers.core.diffusion import unet_forward
+        from trainers.core.noise_schedule import unet_forward
 
         x0 = batch["latents"].float()
         t = self.schedule.sample_t(x0.shape[0], 0.0, 1.0, batch["generator"], x0.device)

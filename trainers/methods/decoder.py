@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sdxs_core.architectures import TAESD_SIZES, build_taesd
-from trainers.core.diffusion import save_pipeline_folder, vae_dir
+from trainers.core.components import vae_dir
 from trainers.core.loop import Phase
 from trainers.core.losses import Discriminator, downsampled_l1, gradient_l1, hinge_d_loss, hinge_g_loss, unwrap
 from trainers.core.method import Method, PairConfig, borrowed, main
+from trainers.core.pipeline_folder import save_pipeline_folder
 
 
 class Codec(torch.nn.Module):
@@ -176,7 +177,7 @@ class DecoderDistill(Method):
         torch.manual_seed(self.config.seed)
         factor = 2 ** (len(teacher["vae"].config.block_out_channels) - 1)
         if self.config.decoder_init:
-            from trainers.core.diffusion import load_vae
+            from trainers.core.components import load_vae
 
             tiny_ae = load_vae(self.config.decoder_init).float()
         else:

@@ -11,10 +11,10 @@ Loss:    SSIM feature matching between the student's one-step sample and the tea
 
 from dataclasses import dataclass
 
-from trainers.core.diffusion import one_step
 from trainers.core.loop import Phase
 from trainers.core.losses import SSIMFeatureLoss, UNetEncoder
 from trainers.core.method import Method, PairConfig, main, student_errors
+from trainers.core.noise_schedule import one_step
 from trainers.core.student import build_student
 
 

@@ -35,10 +35,12 @@ from pathlib import Path
 
 import torch
 
-from trainers.core.diffusion import load_components, pair_cache, restyled_pair_cache, write_pipeline_atomically
+from trainers.core.components import load_components
 from trainers.core.loop import Phase
 from trainers.core.losses import LayoutKeepingLoss, ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder, unwrap
 from trainers.core.method import main
+from trainers.core.pairs import RestyleSpec, pair_cache, restyled_pair_cache
+from trainers.core.pipeline_folder import write_pipeline_atomically
 from trainers.core.schedules import Anneal
 from trainers.core.student import build_student
 from trainers.methods.ssd import SSD, SSDConfig
@@ -244,7 +246,7 @@ class LoRASSD(SSD):
 
     def layout_decoder(self):
         """The frozen decoder the layout term reads images through (fp32)."""
-        from trainers.core.diffusion import load_vae
+        from trainers.core.components import load_vae
 
         if not self.config.layout_decoder:
             return self.teacher["vae"]
@@ -256,27 +258,18 @@ class LoRASSD(SSD):
         c = self.config
         if c.restyle_strength < 1:
             plain = Path(c.plain_pair_cache or Path(c.run_dir) / "pairs.safetensors")
+            if accelerator.is_main_process and not plain.is_file():
+                pair_cache(plain, self.pair_spec(), self.device, batch=self.pair_batch())
+            spec = RestyleSpec(plain=str(plain), n=c.num_pairs, teacher=c.teacher, lora=c.style_lora,
+                               lora_scale=c.style_lora_scale, strength=c.restyle_strength, steps=c.teacher_steps,
+                               guidance=c.teacher_guidance)
             path = Path(c.restyled_pair_cache or Path(c.run_dir) / "pairs-restyled.safetensors")
-            plain_args = (plain, c.teacher, self.prompts, c.num_pairs, c.teacher_steps, c.teacher_guidance,
-                          self.resolution, c.seed, self.device)
-            args = (path, plain, c.num_pairs, c.teacher, c.style_lora, c.style_lora_scale, c.restyle_strength,
-                    c.teacher_steps, c.teacher_guidance, self.device)
-            if accelerator.is_main_process:
-                if not plain.is_file():
-                    pair_cache(*plain_args, batch=self.pair_batch())
-                restyled_pair_cache(*args, batch=self.pair_batch())
-            accelerator.wait_for_everyone()
-            self.pairs = restyled_pair_cache(*args)
+            self.pairs = self.shared_cache(accelerator, restyled_pair_cache, path, spec)
             return self.pairs
         default = "pairs-style.safetensors" if c.teacher_takes_lora else "pairs.safetensors"
         path = Path(c.pair_cache or Path(c.run_dir) / default)
-        args = (path, c.teacher, self.prompts, c.num_pairs, c.teacher_steps, c.teacher_guidance, self.resolution,
-                c.seed, self.device)
         lora = dict(lora=c.style_lora, lora_scale=c.style_lora_scale) if c.teacher_takes_lora else {}
-        if accelerator.is_main_process:
-            pair_cache(*args, batch=self.pair_batch(), **lora)
-        accelerator.wait_for_everyone()
-        self.pairs = pair_cache(*args, **lora)
+        self.pairs = self.shared_cache(accelerator, pair_cache, path, self.pair_spec(**lora))
         return self.pairs
 
     def export(self, out, nets, info):

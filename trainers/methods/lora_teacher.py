@@ -18,11 +18,11 @@ import json
 from dataclasses import dataclass, field
 
 from trainers.core.config import TrainConfig
-from trainers.core.diffusion import write_pipeline_atomically
 from trainers.core.image_folder import caption_options_of, folder_data, folder_info, option_errors
 from trainers.core.loop import Phase
 from trainers.core.losses import DenoisingLoss
 from trainers.core.method import Method, main
+from trainers.core.pipeline_folder import write_pipeline_atomically
 from trainers.methods.controlnet_ssd import world_data
 from trainers.methods.lora_ssd import _LoRAFile, add_student_lora, student_lora_state
 

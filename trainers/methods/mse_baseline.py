@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from trainers.core.diffusion import one_step
 from trainers.core.loop import Phase
 from trainers.core.method import Method, PairConfig, main, student_errors
+from trainers.core.noise_schedule import one_step
 from trainers.core.student import build_student
 
 

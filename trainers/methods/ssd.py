@@ -20,10 +20,11 @@ Inputs:  the teacher pairs' noise and captions; ``fresh_ratio`` of each batch in
 import copy
 from dataclasses import dataclass
 
-from trainers.core.diffusion import load_components, one_step
+from trainers.core.components import load_components
 from trainers.core.loop import Phase
 from trainers.core.losses import DenoisingLoss, ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder
 from trainers.core.method import Method, PairConfig, main, student_errors
+from trainers.core.noise_schedule import one_step
 from trainers.core.schedules import Anneal
 from trainers.core.student import build_student
 
@@ -117,7 +118,7 @@ class SSD(Method):
         """``k`` fresh noise inputs and the embeddings of ``k`` captions drawn from all prompts."""
         import torch
 
-        from trainers.core.diffusion import encode_prompts
+        from trainers.core.prompts import encode_prompts
 
         pick = torch.randint(len(self.prompts), (k,), generator=gen, device=gen.device).tolist()
         noise = torch.randn((k, *self.latent_shape), generator=gen, device=gen.device)

@@ -12,7 +12,6 @@ import argparse
 from contextlib import contextmanager
 import json
 import os
-import tempfile
 import time
 
 import cv2
@@ -20,7 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from sdxs_core.files import atomic_write
 
 from . import world
 
@@ -168,23 +169,14 @@ def evaluate(model: WorldClassifier, n: int = 2048, seed: int = 0, split: str = 
 
 
 def save_classifier(model: WorldClassifier, out_dir: str, metrics: dict | None = None) -> None:
-    """config.json + fp16 model.safetensors (+ metrics.json), each written to a temp file then os.replace'd."""
+    """config.json + fp16 model.safetensors (+ metrics.json), each written atomically."""
     os.makedirs(out_dir, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    files = {"model.safetensors": lambda p: save_file(state, p), "config.json": lambda p: _write_json(model.config, p)}
+    files = {"model.safetensors": save(state), "config.json": json.dumps(model.config, indent=2)}
     if metrics is not None:
-        files["metrics.json"] = lambda p: _write_json(metrics, p)
-    for name, write in files.items():
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be shared
-        os.replace(tmp, os.path.join(out_dir, name))
-
-
-def _write_json(obj, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
+        files["metrics.json"] = json.dumps(metrics, indent=2)
+    for name, data in files.items():
+        atomic_write(os.path.join(out_dir, name), data)
 
 
 def load_classifier(path: str = DEFAULT_DIR) -> WorldClassifier:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.core.config import atomic_write_text
+from sdxs_core.files import atomic_write, replace_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "trainers" / "configs"
@@ -119,7 +119,8 @@ def export_fp16(src: Path, dst: Path, vae: Path | None = None, link_to: list[Pat
     ``link_to`` folder become links to it."""
     from diffusers import DiffusionPipeline
 
-    from trainers.core.diffusion import load_vae, write_pipeline_atomically
+    from trainers.core.components import load_vae
+    from trainers.core.pipeline_folder import write_pipeline_atomically
 
     pipe = DiffusionPipeline.from_pretrained(str(src), safety_checker=None, requires_safety_checker=False)
     if vae is not None:
@@ -140,7 +141,7 @@ def export_controls(runs: Path, assets: Path, suffix: str = "") -> list[str]:
 
     from diffusers import ControlNetModel
 
-    from trainers.core.diffusion import write_pipeline_atomically
+    from trainers.core.pipeline_folder import write_pipeline_atomically
 
     written = []
     for kind in ("edges", "depth"):
@@ -155,8 +156,7 @@ def export_controls(runs: Path, assets: Path, suffix: str = "") -> list[str]:
         tmp = dst.with_name(f".{dst.name}-tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(lora, tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        replace_dir(tmp, dst)
         written.append(str(dst))
     return written
 
@@ -217,7 +217,7 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
         print(f"[{stage}] {timings[stage]:.0f} s", flush=True)
     times_file = runs / "distill_times.json"  # merged: a run of some stages keeps the others' times
     previous = json.loads(times_file.read_text()) if times_file.is_file() else {}
-    atomic_write_text(times_file, json.dumps({**previous, **timings}, indent=2))
+    atomic_write(times_file, json.dumps({**previous, **timings}, indent=2))
     return timings
 
 

@@ -20,11 +20,9 @@ The functions are the API later benchmarks reuse: `evaluate_model`, `frechet_dis
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -32,6 +30,8 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import torch
+
+from sdxs_core.files import atomic_write_json
 
 from . import world
 from .classifier import DEFAULT_DIR, WorldClassifier, caption_correct, load_classifier, predict_attributes, to_input
@@ -325,19 +325,8 @@ def _json_ready(value):
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
-    """Write to a temp file in the same folder, then os.replace: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """The evaluator's report, through the one atomic writer: readers never see half a file."""
+    atomic_write_json(path, obj)
 
 
 def format_table(result: dict) -> str:

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..core.diffusion import write_pipeline_atomically
 from ..core.ema import EMA
+from ..core.pipeline_folder import write_pipeline_atomically
 from . import text, world
 
 LATENT_SIZE = 16  # 64x64 images, 4x downsampling

@@ -17,6 +17,8 @@ import tempfile
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTokenizer
 
+from sdxs_core.files import replace_dir
+
 from . import world
 
 BOS = "<|startoftext|>"
@@ -106,10 +108,7 @@ def save_tokenizer(tokenizer: CLIPTokenizer, out_dir: str) -> None:
         with open(os.path.join(staged, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n")
             f.writelines(" ".join(m) + "\n" for m in model["merges"])
-        if os.path.isdir(out_dir):
-            old = os.path.join(tmp, "old")
-            os.replace(out_dir, old)
-        os.replace(staged, out_dir)
+        replace_dir(staged, out_dir)
 
 
 def load_tokenizer(path: str = DEFAULT_DIR) -> CLIPTokenizer:
