@@ -29,7 +29,7 @@ def fidelity(teacher: dict, student_unet, n: int = 256, timesteps=TIMESTEPS, see
 
     from trainers.core.noise_schedule import NoiseSchedule, unet_forward
     from trainers.core.prompts import encode_prompts
-    from trainers.methods.controlnet_ssd import world_data
+    from trainers.methods.controlnets import world_data
     from trainers.miniature import world
     from trainers.miniature.evaluate import reference_set
 

@@ -76,7 +76,7 @@ def presets(tmp_path_factory, tiny_dir, tiny_controlnet_dir):
             "lora_teacher": {"set": {**small, "validate_every": 0}},
             "lora_ssd": {"set": dict(TINY_STAGE, fresh_ratio=1.0)},
             "controlnet_teacher": {"set": small},
-            "controlnet_ssd": {"set": dict(TINY_STAGE, stage="ssd", val_prompts=["a"])},
+            "controlnet_ssd": {"set": dict(TINY_STAGE, val_prompts=["a"])},
         },
     }
     (folder / "tiny.yaml").write_text(yaml.safe_dump(preset))

@@ -26,7 +26,7 @@ def test_stage_args_chain_outputs_and_apply_overrides(tmp_path):
     # ControlNet stages chain teacher ControlNet -> KD -> SSD; all.KEY reaches only stages that have KEY
     kd = dict(a.split("=", 1) for a in distill.stage_args("controlnet_kd_edges", tmp_path, tmp_path / "r",
                                                          ["all.num_pairs=4", "all.num_images=2"])[3::2])
-    assert kd["stage"] == "kd" and kd["control_type"] == "canny" and kd["num_pairs"] == "4" and "num_images" not in kd
+    assert kd["control_type"] == "canny" and kd["num_pairs"] == "4" and "num_images" not in kd
     assert kd["teacher_controlnet"] == str(tmp_path / "r" / "controlnet_teacher_edges" / "final")
     ssd = dict(a.split("=", 1) for a in distill.stage_args("controlnet_ssd_depth", tmp_path, tmp_path / "r", [])[3::2])
     assert ssd["controlnet"] == str(tmp_path / "r" / "controlnet_kd_depth" / "final") and ssd["control_type"] == "depth"
@@ -128,3 +128,31 @@ def test_whole_chain_runs_resumes_and_exports(tmp_path, mid_teacher_dir):
     distill.run(("export_controls",), mid_teacher_dir, runs, assets, TOY, n_eval=4, export_name="sdxs-kl")
     assert (assets / "lora-pastel-kl" / "pytorch_lora_weights.safetensors").is_file()
     assert (assets / "controlnet-depth-kl" / "config.json").is_file() and (assets / "controlnet-depth").is_dir()
+
+
+def test_the_chain_is_one_table_read_by_python_and_the_gpu_script(tmp_path):
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "distill_gpu.sh").read_text()
+    named = set(re.findall(r"^stage (\w+)", script, re.M))
+    assert named and named <= set(distill.TRAIN_STAGES), named - set(distill.TRAIN_STAGES)
+    assert "--gpu-budget" in script and "--set ssd" not in script  # budgets and options live in the table
+    # a GPU run: the table's options win over the script's all.KEY, the stage's own --set over both
+    args = distill.stage_args("ssd_ttur", tmp_path, tmp_path / "r", ["all.lr_schedule=cosine", "ssd_ttur.lr=1"], gpu=0.5)
+    sets = [a for a in args[3::2]]
+    assert sets.index("lr_schedule=constant") > sets.index("lr_schedule=cosine") and sets[-1] == "lr=1"
+    assert "max_minutes=0.625" in sets and f"student={tmp_path / 'r' / 'fm_warmup' / 'final'}" in sets
+    assert "max_minutes=0.625" not in distill.stage_args("ssd_ttur", tmp_path, tmp_path / "r", [])
+    with pytest.raises(ValueError, match="names no stage"):
+        bad = tmp_path / "chain.yaml"
+        bad.write_text("default: []\ncontrol: []\nstages:\n  a: {method: ssd, config: x.yaml, inputs: {student: b}}\n")
+        distill.load_chain(bad)
+    # training code never imports benchmarks: the benchmark stages are entry points
+    for path in [*(root / "trainers").rglob("*.py"), *(root / "sdxs_core").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "benchmarks" for n in names), path

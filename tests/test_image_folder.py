@@ -151,7 +151,7 @@ def test_encode_latents_gives_world_data_its_former_numbers(tiny_dir):
     from diffusers import AutoencoderKL
 
     from trainers.core.components import load_components
-    from trainers.methods.controlnet_ssd import world_data
+    from trainers.methods.controlnets import world_data
     from trainers.miniature import world
 
     torch.set_num_threads(1)

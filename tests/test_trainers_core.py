@@ -451,3 +451,23 @@ def test_prompt_sources_are_registered_not_imported_by_the_core(tmp_path):
         del PROMPT_SOURCES["abc"]
     (tmp_path / "p.txt").write_text("x\n\ny\nz\n")
     assert load_prompts(str(tmp_path / "p.txt"), 2) == ["x", "y"]
+
+
+def test_a_config_states_what_differs_from_its_defaults_and_names_its_method(tmp_path):
+    from trainers.core.config import load_config
+    from trainers.methods.controlnet_kd import ControlNetKDConfig
+    from trainers.methods.ssd import SSDConfig
+
+    (tmp_path / "world_base.yaml").write_text("seed: 3\nlr: 1.0e-4\nnum_pairs: 64\n")
+    (tmp_path / "pairs.yaml").write_text("defaults: world_base.yaml\nnum_pairs: 128\nteacher_steps: 5\n")
+    (tmp_path / "ssd.yaml").write_text("defaults: pairs.yaml\nmethod: ssd\nlr: 2.0e-4\n")
+    config = load_config(SSDConfig, str(tmp_path / "ssd.yaml"), {"teacher_steps": 7})
+    assert (config.seed, config.lr, config.num_pairs, config.teacher_steps) == (3, 2e-4, 128, 7)  # later wins
+    with pytest.raises(ValueError, match="is a config of method 'ssd', not 'controlnet_kd'"):
+        load_config(ControlNetKDConfig, str(tmp_path / "ssd.yaml"))
+    (tmp_path / "loop.yaml").write_text("defaults: loop.yaml\n")
+    with pytest.raises(ValueError, match="defaults form a loop"):
+        load_config(SSDConfig, str(tmp_path / "loop.yaml"))
+    (tmp_path / "typo.yaml").write_text("defaults: nowhere.yaml\n")
+    with pytest.raises(ValueError, match="defaults='nowhere.yaml' must name a YAML file"):
+        load_config(SSDConfig, str(tmp_path / "typo.yaml"))

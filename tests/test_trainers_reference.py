@@ -20,25 +20,26 @@ SMALL = dict(batch_size=2, num_pairs=4, teacher_steps=2, num_prompts=8, max_step
 
 
 def _classes():
-    """The method classes (and fixed options) by the name a config's ``method`` key gives them."""
+    """The method classes by the name a config's ``method`` key gives them."""
+    from trainers.methods.controlnet_kd import ControlNetKD
     from trainers.methods.controlnet_ssd import ControlNetSSD
     from trainers.methods.controlnet_teacher import ControlNetTeacher
     from trainers.methods.lora_ssd import LoRASSD
     from trainers.methods.ssd import SSD
 
-    return {"ssd": (SSD, {}), "lora_ssd": (LoRASSD, {}), "controlnet_kd": (ControlNetSSD, {"stage": "kd"}),
-            "controlnet_ssd": (ControlNetSSD, {"stage": "ssd"}), "controlnet_teacher": (ControlNetTeacher, {})}
+    return {"ssd": SSD, "lora_ssd": LoRASSD, "controlnet_kd": ControlNetKD, "controlnet_ssd": ControlNetSSD,
+            "controlnet_teacher": ControlNetTeacher}
 
 
 def _run(method_name, teacher, run_dir, **kw):
     from trainers.core.config import load_config
     from trainers.core.loop import train
 
-    cls, fixed = _classes()[method_name]
+    cls = _classes()[method_name]
     torch.set_num_threads(1)
     known = {f.name for f in dataclasses.fields(cls.config_cls)}
     small = {k: v for k, v in SMALL.items() if k in known}
-    cfg = load_config(cls.config_cls, None, {**small, "teacher": str(teacher), "run_dir": str(run_dir), **fixed, **kw})
+    cfg = load_config(cls.config_cls, None, {**small, "teacher": str(teacher), "run_dir": str(run_dir), **kw})
     method = cls(cfg.validate())
     train(cfg, method)
     return method

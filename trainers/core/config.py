@@ -7,6 +7,7 @@ validated up front, and kept in the run folder as JSON.
 
 import argparse
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,16 +139,34 @@ def _coerce(cls, name: str, value):
     return value
 
 
+def read_yaml_options(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """A YAML file's options, on top of the file it names with ``defaults:`` (a path relative to it;
+    chains allowed): the shared base of a world's configs, each config stating only what differs."""
+    import yaml
+
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"{path}: defaults form a loop ({' -> '.join(p.name for p in (*_seen, path))})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of options")
+    base = data.pop("defaults", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not (path.parent / base).is_file():
+        raise ValueError(f"{path}: defaults={base!r} must name a YAML file next to it")
+    return {**read_yaml_options(path.parent / base, (*_seen, path)), **data}
+
+
 def load_config(cls, path: str | None = None, overrides: dict | None = None):
-    """``cls`` from a YAML file then ``overrides`` (later wins); not yet validated."""
+    """``cls`` from a YAML file (with its ``defaults:``) then ``overrides`` (later wins); not yet
+    validated. A file's ``method:`` must be ``cls``'s: a config is never run by another method."""
     values = {}
     if path:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of options")
-        data.pop("method", None)
+        data = read_yaml_options(path)
+        method = data.pop("method", cls.method)
+        if method != cls.method:
+            raise ValueError(f"{path} is a config of method {method!r}, not {cls.method!r}")
         values.update(data)
     values.update(overrides or {})
     return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})

@@ -61,6 +61,26 @@ def borrowed(*modules):
                 p.requires_grad_(f)
 
 
+class Prepared(torch.nn.Module):
+    """``method.nets[name]`` looked up at call time: the loop replaces each trained network by its
+    accelerate-prepared wrapper (DDP gradient sync) after ``setup``, so a loss or a wrapper built during
+    ``setup`` holds this instead of the network. Holds no parameters of its own."""
+
+    def __init__(self, method: "Method", name: str):
+        super().__init__()
+        self.method, self.name = [method], name  # a list: the method is not registered as a submodule
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The plain network (what ``losses.unwrap`` returns): hooks go on it, not on a wrapper."""
+        from .losses import unwrap
+
+        return unwrap(self.method[0].nets[self.name])
+
+    def forward(self, *args, **kwargs):
+        return self.method[0].nets[self.name](*args, **kwargs)
+
+
 class Method(ABC):
     config_cls = PairConfig
     ema_target = "student"
@@ -106,6 +126,10 @@ class Method(ABC):
         path = Path(c.pair_cache or Path(c.run_dir) / "pairs.safetensors")
         self.pairs = self.shared_cache(accelerator, pair_cache, path, self.pair_spec())
         return self.pairs
+
+    def prepared(self, name: str) -> Prepared:
+        """The trained network ``name`` as the loop will have prepared it (see ``Prepared``)."""
+        return Prepared(self, name)
 
     def pair_batch(self) -> int:
         return self.config.pair_batch or (16 if self.device.type == "cpu" else 256)

@@ -32,7 +32,7 @@ METHODS = {  # stage -> (module, class)
     "lora_teacher": ("trainers.methods.lora_teacher", "LoRATeacher"),
     "lora_ssd": ("trainers.methods.lora_ssd", "LoRASSD"),
     "controlnet_teacher": ("trainers.methods.controlnet_teacher", "ControlNetTeacher"),
-    "controlnet_kd": ("trainers.methods.controlnet_ssd", "ControlNetSSD"),
+    "controlnet_kd": ("trainers.methods.controlnet_kd", "ControlNetKD"),
     "controlnet_ssd": ("trainers.methods.controlnet_ssd", "ControlNetSSD"),
 }
 LORA_FILE = "pytorch_lora_weights.safetensors"

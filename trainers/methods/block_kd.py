@@ -61,7 +61,7 @@ class BlockKD(Method):
 
         teacher = self.load_teacher(accelerator)
         if self.config.x0_source == "world":
-            from trainers.methods.controlnet_ssd import world_data
+            from trainers.methods.controlnets import world_data
 
             self.pairs = world_data(teacher["vae"], self.config.num_images, self.config.seed, None)
         else:
@@ -70,21 +70,8 @@ class BlockKD(Method):
         self.name_map, self.not_copied = init_from_teacher(student, teacher["unet"])
         self.nets = {"student": student.to(self.device)}
         self.block_map = self.config.block_map or default_block_map(teacher["unet"], student)
-        self.kd = KDLoss(teacher["unet"], self.nets_proxy(), self.block_map, self.config.lambda_f)
+        self.kd = KDLoss(teacher["unet"], self.prepared("student"), self.block_map, self.config.lambda_f)  # hooks on the plain student
         return [Phase("student", self.nets["student"], self.loss)]
-
-    def nets_proxy(self):
-        """Hooks go on the plain student; the forward goes through accelerate's wrapper."""
-        student = self.nets["student"]
-
-        class Proxy(torch.nn.Module):
-            def __init__(proxy):
-                super().__init__()
-                proxy.module = student
-
-            def forward(proxy, *a, **k):
-                return self.nets["student"](*a, **k)
-        return Proxy()
 
     def loss(self, batch, step):
         x0 = batch["latents"].float()

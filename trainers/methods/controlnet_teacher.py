@@ -26,7 +26,7 @@ from trainers.core.image_folder import CONTROL_KINDS, caption_options_of, folder
 from trainers.core.loop import Phase
 from trainers.core.losses import unwrap
 from trainers.core.method import Method, borrowed, main
-from trainers.methods.controlnet_ssd import Controlled, load_controlnet, save_controlnet, world_data
+from trainers.methods.controlnets import Controlled, load_controlnet, save_controlnet, world_data
 
 
 @dataclass
@@ -78,7 +78,7 @@ class ControlNetTeacher(Method):
         cn = load_controlnet(c.controlnet, self.device) if c.controlnet else build_controlnet(teacher["unet"], vae_factor)
         self.nets = {"controlnet": cn.to(self.device).requires_grad_(True)}
         self.control_engine = self.engine(teacher["unet"])
-        self.model = Controlled(teacher["unet"], lambda: self.nets["controlnet"], c.conditioning_scale)
+        self.model = Controlled(teacher["unet"], self.prepared("controlnet"), c.conditioning_scale)
         return [Phase("controlnet", self.nets["controlnet"], self.loss)]
 
     def world_pairs(self, vae) -> dict:

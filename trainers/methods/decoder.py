@@ -153,7 +153,7 @@ class DecoderDistill(Method):
     def setup(self, accelerator):
         teacher = self.load_teacher(accelerator)
         if self.config.latent_source == "world":
-            from trainers.methods.controlnet_ssd import world_data
+            from trainers.methods.controlnets import world_data
 
             from trainers.miniature import world
 

@@ -35,22 +35,19 @@ from pathlib import Path
 
 import torch
 
-from trainers.core.components import load_components
-from trainers.core.loop import Phase
-from trainers.core.losses import LayoutKeepingLoss, ScoreDistillationLoss, SSIMFeatureLoss, UNetEncoder, unwrap
+from trainers.core.losses import LayoutKeepingLoss, unwrap
 from trainers.core.method import main
 from trainers.core.pairs import RestyleSpec, pair_cache, restyled_pair_cache
 from trainers.core.pipeline_folder import write_pipeline_atomically
-from trainers.core.schedules import Anneal
 from trainers.core.student import build_student
-from trainers.methods.ssd import SSD, SSDConfig
+from trainers.methods.ssd import SSD, StudentSSDConfig
 
 STYLE_ADAPTER = "style"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 @dataclass
-class LoRASSDConfig(SSDConfig):
+class LoRASSDConfig(StudentSSDConfig):
     student: str = "copy"  # the one-step student: a pipeline / U-Net folder (the ssd output); copy for tests
     style_lora: str = ""  # the pretrained LoRA of the multi-step base: diffusers / kohya file or PEFT folder
     style_lora_scale: float = 1.0
@@ -202,7 +199,7 @@ class LoRASSD(SSD):
 
         c = self.config
         teacher = self.load_teacher(accelerator)
-        base = teacher["unet"] if not c.offline_dm else load_components(c.offline_dm, self.device)["unet"]
+        base = self.offline_dm()
         # 1. refuse a LoRA for another base now, before the (expensive) teacher pairs are sampled
         state, _, _ = read_lora(c.style_lora)
         check_lora_fits(base, state)
@@ -220,19 +217,14 @@ class LoRASSD(SSD):
             load_student_lora(student, c.lora_init, c.lora_rank, c.lora_alpha)
         online = copy.deepcopy(base).requires_grad_(True)  # no style LoRA: it models the student's outputs
         offline = add_style_lora(copy.deepcopy(base), c.style_lora, c.style_lora_scale)  # teacher stays plain (FM encoder)
-        self.nets, self.offline = {"student": student, "online_dm": online}, offline
+        self.nets, self.offline = {"student": student}, offline
         # 3. the teacher's ODE pairs (styled when the teacher takes the LoRA), unless no row keeps one
         if self.pairs_needed():
             self.load_pairs(accelerator)
-        steps = c.anneal_steps or c.max_steps
         fm_scale = 1.0 if c.teacher_takes_lora else c.lambda_fm_scale_without_teacher_lora
-        self.alpha = Anneal(c.alpha_start, c.alpha_end, steps, c.anneal)
-        self.lambda_fm = Anneal(c.lambda_fm_start * fm_scale, c.lambda_fm_end * fm_scale, steps, c.anneal)
-        self.fm = SSIMFeatureLoss(UNetEncoder(teacher["unet"], c.fm_timestep), c.fm_weights)
-        self.score = ScoreDistillationLoss(offline, self.nets_proxy("online_dm"), self.schedule, c.real_guidance, c.t_min)
         self.layout = LayoutKeepingLoss(self.layout_decoder(), c.layout_window) if c.lambda_layout else None
-        return [Phase("online_dm", online, self.online_loss, lr=c.online_lr or None),
-                Phase("student", student, self.student_loss, every=c.student_every)]
+        return self.score_distillation(online, "student", real=offline, fake=self.prepared("online_dm"),
+                                       fm_scale=fm_scale)
 
     def student_loss(self, batch, step):
         x0 = self.student_sample(batch)

@@ -23,7 +23,7 @@ from trainers.core.loop import Phase
 from trainers.core.losses import DenoisingLoss
 from trainers.core.method import Method, main
 from trainers.core.pipeline_folder import write_pipeline_atomically
-from trainers.methods.controlnet_ssd import world_data
+from trainers.methods.controlnets import world_data
 from trainers.methods.lora_ssd import _LoRAFile, add_student_lora, student_lora_state
 
 

@@ -18,6 +18,7 @@ Inputs:  the teacher pairs' noise and captions; ``fresh_ratio`` of each batch in
 """
 
 import copy
+from abc import abstractmethod
 from dataclasses import dataclass
 
 from trainers.core.components import load_components
@@ -30,39 +31,110 @@ from trainers.core.student import build_student
 
 
 @dataclass
-class SSDConfig(PairConfig):
-    student: str = "copy"  # copy | block_removed | a folder (e.g. the fm_warmup output)
+class ScoreDistillationConfig(PairConfig):
+    """Options of the score-distillation half every SSD method shares (``ssd``, ``lora_ssd``, ``controlnet_ssd``)."""
+
     offline_dm: str = ""  # pipeline folder of the real-score model; "" = the teacher
-    vae: str = ""  # the exported pipeline's codec: a decoder-method output, or a pipeline folder's VAE; "" = the teacher's
     alpha_start: float = 0.9
     alpha_end: float = 0.5
     lambda_fm_start: float = 10.0
     lambda_fm_end: float = 1.0
     anneal_steps: int = 0  # 0 = max_steps
     anneal: str = "linear"  # linear | cosine | constant
-    student_every: int = 1  # alternating updates: the online DM every step, the student every N
+    student_every: int = 1  # alternating updates: the online DM every step, the trained network every N
     online_lr: float = 0.0  # 0 = lr
     real_guidance: float = 1.0  # CFG of the real score (1 = none)
     t_min: float = 0.02
     fm_timestep: int = 0
     fm_weights: list[float] = None  # per layer (input first); None = uniform
-    fresh_ratio: float = 0.0  # share of the student's inputs with fresh noise and caption (score term only)
-
-    method = "ssd"
 
     def errors(self):
-        e = super().errors() + student_errors(self.student)
+        e = super().errors()
         for name in ("alpha_start", "alpha_end", "t_min"):
             if not 0 <= getattr(self, name) <= 1:
                 e.append(f"{name}={getattr(self, name)} must be in [0, 1]")
-        if not 0 <= self.fresh_ratio <= 1:
-            e.append(f"fresh_ratio={self.fresh_ratio} must be in [0, 1]")
         if min(self.lambda_fm_start, self.lambda_fm_end) < 0 or self.student_every < 1:
             e.append("lambda_fm_* must be >= 0 and student_every >= 1")
         return e
 
 
-class SSD(Method):
+@dataclass
+class StudentSSDConfig(ScoreDistillationConfig):
+    """SSD of the student itself (its weights, or a LoRA on it), with fresh inputs beside the pairs."""
+
+    student: str = "copy"  # copy | block_removed | a folder (e.g. the fm_warmup output)
+    fresh_ratio: float = 0.0  # share of the student's inputs with fresh noise and caption (score term only)
+
+    def errors(self):
+        e = super().errors() + student_errors(self.student)
+        if not 0 <= self.fresh_ratio <= 1:
+            e.append(f"fresh_ratio={self.fresh_ratio} must be in [0, 1]")
+        return e
+
+
+@dataclass
+class SSDConfig(StudentSSDConfig):
+    vae: str = ""  # the exported pipeline's codec: a decoder-method output, or a pipeline folder's VAE; "" = the teacher's
+
+    method = "ssd"
+
+
+class ScoreDistillation(Method):
+    """The shared half of the SSD family: the frozen offline DM (real score), the online DM (fake score)
+    trained on the student's detached samples, alpha and lambda_FM annealed, and Eq. 11's loss. A method
+    builds its networks, then hands them to ``score_distillation``; it writes ``student_sample``."""
+
+    def offline_dm(self):
+        """The frozen real-score U-Net: ``offline_dm``'s, else the teacher's."""
+        c = self.config
+        offline = self.teacher["unet"] if not c.offline_dm else load_components(c.offline_dm, self.device)["unet"]
+        return offline.eval().requires_grad_(False)
+
+    def score_distillation(self, online, trained: str, real, fake, fm_scale: float = 1.0) -> list[Phase]:
+        """Anneals, FM and score losses for the network ``self.nets[trained]``; ``online`` is the online
+        DM (a copy made before any hook goes on the teacher), ``real`` / ``fake`` what the losses call as
+        the offline / online DM. Algorithm 1's order: the online DM learns the current student, then the
+        trained network moves."""
+        c = self.config
+        self.nets["online_dm"] = online
+        steps = c.anneal_steps or c.max_steps
+        self.alpha = Anneal(c.alpha_start, c.alpha_end, steps, c.anneal)
+        self.lambda_fm = Anneal(c.lambda_fm_start * fm_scale, c.lambda_fm_end * fm_scale, steps, c.anneal)
+        self.fm = SSIMFeatureLoss(UNetEncoder(self.teacher["unet"], c.fm_timestep), c.fm_weights)
+        self.fake = fake
+        self.score = ScoreDistillationLoss(real, fake, self.schedule, c.real_guidance, c.t_min)
+        return [Phase("online_dm", online, self.online_loss, lr=c.online_lr or None),
+                Phase(trained, self.nets[trained], self.student_loss, every=c.student_every)]
+
+    @abstractmethod
+    def student_sample(self, batch):
+        """The trained network's one-step samples (x0 latents) for ``batch``."""
+
+    def online_loss(self, batch, step):
+        import torch
+
+        with torch.no_grad():
+            x0 = self.student_sample(batch)
+        return DenoisingLoss(self.fake, self.schedule)(x0, batch["embeds"], batch["generator"])
+
+    def student_loss(self, batch, step):
+        return self.distillation_loss(self.student_sample(batch), batch, step)
+
+    def distillation_loss(self, x0, batch, step):
+        """Eq. 11 for the student's samples ``x0``: score difference + lambda_FM * feature matching on
+        the first ``batch["paired"]`` rows (those with an ODE target)."""
+        at = self.anneal_position(step)
+        sd, sd_logs = self.score(x0, batch["embeds"], self.alpha(at), self.uncond, batch["generator"])
+        p = batch["paired"]
+        fm, fm_logs = self.fm(x0[:p], batch["latents"][:p], batch["embeds"][:p]) if p else (0.0, {"fm": 0.0})
+        return sd + self.lambda_fm(at) * fm, {**sd_logs, **fm_logs}
+
+    def scalars(self, step):
+        at = self.anneal_position(step)
+        return {"alpha": round(self.alpha(at), 5), "lambda_fm": round(self.lambda_fm(at), 5)}
+
+
+class SSD(ScoreDistillation):
     config_cls = SSDConfig
 
     def setup(self, accelerator):
@@ -70,23 +142,11 @@ class SSD(Method):
         teacher = self.load_teacher(accelerator)
         if self.pairs_needed():
             self.load_pairs(accelerator)
-        offline = teacher["unet"] if not c.offline_dm else load_components(c.offline_dm, self.device)["unet"]
-        offline.eval().requires_grad_(False)
+        offline = self.offline_dm()
         student, self.student_info = build_student(c.student, teacher["unet"])
         online = copy.deepcopy(offline).requires_grad_(True)  # before any hooks go on the offline DM
-        self.nets = {"student": student.to(self.device), "online_dm": online}
-        steps = c.anneal_steps or c.max_steps
-        self.alpha = Anneal(c.alpha_start, c.alpha_end, steps, c.anneal)
-        self.lambda_fm = Anneal(c.lambda_fm_start, c.lambda_fm_end, steps, c.anneal)
-        self.fm = SSIMFeatureLoss(UNetEncoder(teacher["unet"], c.fm_timestep), c.fm_weights)
-        self.score = ScoreDistillationLoss(offline, self.nets_proxy("online_dm"), self.schedule, c.real_guidance, c.t_min)
-        # Algorithm 1's order: the online DM learns the current student, then the student moves
-        return [Phase("online_dm", online, self.online_loss, lr=c.online_lr or None),
-                Phase("student", self.nets["student"], self.student_loss, every=c.student_every)]
-
-    def nets_proxy(self, name):
-        """The (prepared) network by name at call time: accelerate wraps it after ``setup``."""
-        return lambda *a, **k: self.nets[name](*a, **k)
+        self.nets = {"student": student.to(self.device)}
+        return self.score_distillation(online, "student", real=offline, fake=self.prepared("online_dm"))
 
     def fresh_rows(self) -> int:
         """Rows of each batch that get fresh noise and captions instead of a pair."""
@@ -127,28 +187,6 @@ class SSD(Method):
 
     def student_sample(self, batch):
         return one_step(self.nets["student"], batch["noise"], batch["embeds"], self.schedule)
-
-    def online_loss(self, batch, step):
-        import torch
-
-        with torch.no_grad():
-            x0 = self.student_sample(batch)
-        return DenoisingLoss(self.nets["online_dm"], self.schedule)(x0, batch["embeds"], batch["generator"])
-
-    def student_loss(self, batch, step):
-        return self.distillation_loss(self.student_sample(batch), batch, step)
-
-    def distillation_loss(self, x0, batch, step):
-        """Eq. 11 for the student's samples ``x0``: score difference + lambda_FM * feature matching."""
-        at = self.anneal_position(step)
-        sd, sd_logs = self.score(x0, batch["embeds"], self.alpha(at), self.uncond, batch["generator"])
-        p = batch["paired"]
-        fm, fm_logs = self.fm(x0[:p], batch["latents"][:p], batch["embeds"][:p]) if p else (0.0, {"fm": 0.0})
-        return sd + self.lambda_fm(at) * fm, {**sd_logs, **fm_logs}
-
-    def scalars(self, step):
-        at = self.anneal_position(step)
-        return {"alpha": round(self.alpha(at), 5), "lambda_fm": round(self.lambda_fm(at), 5)}
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ baseline, the FM warmup, SSD, then the shipped fp16 student and the results tabl
     python -m trainers.miniature.distill --teacher assets/miniature/teacher     # the whole chain
     python -m trainers.miniature.distill --stages ssd export benchmark          # some stages
 
-Each stage is one trainer run with its YAML in ``trainers/configs/<method>_miniature.yaml`` (the step
-counts live there), the teacher overridden by ``--teacher``. A stage whose ``run_dir/final`` exists is
+The chain is data: ``trainers/configs/distill_chain.yaml`` names each stage's method, config and inputs
+(``scripts/distill_gpu.sh`` reads the same table). Each training stage is one trainer run with its YAML in
+``trainers/configs/`` (the step counts live there), the teacher overridden by ``--teacher``; the benchmark
+stages run their entry points (``python -m benchmarks.<name>``) in a child process. A stage whose ``run_dir/final`` exists is
 skipped; a killed stage resumes from its last checkpoint when the command is run again. All stages
 share one cache of teacher ODE pairs, made by the first.
 
@@ -36,80 +38,79 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from sdxs_core.files import atomic_write, replace_dir
+from sdxs_core.paths import CONFIGS, MINIATURE, RESULTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "trainers" / "configs"
-CHAIN = ("decoder", "block_kd", "mse_baseline", "fm_warmup", "ssd")
-CONTROL = ("controlnet_teacher_edges", "controlnet_kd_edges", "controlnet_ssd_edges",
-           "controlnet_teacher_depth", "controlnet_kd_depth", "controlnet_ssd_depth", "lora_teacher", "lora_ssd",
-           "decoder_student")
-TRAIN_STAGES = CHAIN + CONTROL
-STAGES = (*CHAIN, "export", "benchmark", *CONTROL, "export_controls", "benchmark_controls")
-DEFAULT_STAGES = (*CHAIN, "export", "benchmark")
+CHAIN_FILE = CONFIGS / "distill_chain.yaml"
+
+
+def load_chain(path: Path = CHAIN_FILE) -> dict:
+    """The table of stages (see the file's header); every input must name a stage of the table."""
+    chain = yaml.safe_load(Path(path).read_text())
+    stages = chain["stages"]
+    for name, stage in stages.items():
+        for key, source in stage.get("inputs", {}).items():
+            for ref in source if isinstance(source, list) else [source]:
+                if ref.split("/", 1)[0] not in stages:
+                    raise ValueError(f"{path}: stage {name}: input {key}={ref!r} names no stage")
+    return chain
+
+
+CHAIN_TABLE = load_chain()
+TRAIN_STAGES = tuple(n for n, s in CHAIN_TABLE["stages"].items() if "method" in s)
+CHAIN = tuple(n for n in CHAIN_TABLE["default"] if n in TRAIN_STAGES)
+CONTROL = tuple(CHAIN_TABLE["control"])
+STAGES = tuple(CHAIN_TABLE["stages"])
+DEFAULT_STAGES = tuple(CHAIN_TABLE["default"])
 
 
 def method_class(stage: str):
-    from trainers.methods import (block_kd, controlnet_ssd, controlnet_teacher, decoder, fm_warmup, lora_ssd,
-                                  lora_teacher, mse_baseline, ssd)
+    from trainers.methods import method_class as by_name
 
-    if stage.startswith("controlnet_teacher"):
-        return controlnet_teacher.ControlNetTeacher
-    if stage.startswith("controlnet_"):
-        return controlnet_ssd.ControlNetSSD
-    return {"decoder": decoder.DecoderDistill, "decoder_student": decoder.DecoderDistill, "block_kd": block_kd.BlockKD,
-            "mse_baseline": mse_baseline.MSEBaseline, "fm_warmup": fm_warmup.FMWarmup, "ssd": ssd.SSD,
-            "lora_teacher": lora_teacher.LoRATeacher, "lora_ssd": lora_ssd.LoRASSD}[stage]
+    return by_name(CHAIN_TABLE["stages"][stage]["method"])
+
+
+def _input(ref: str, runs: Path) -> Path:
+    """An earlier stage's output: ``stage`` -> RUNS/stage/final, ``stage/file`` -> a file in it."""
+    stage, _, file = ref.partition("/")
+    return runs / stage / "final" / file if file else runs / stage / "final"
 
 
 def _stage_sets(stage: str, runs: Path) -> tuple[str, dict]:
-    """(config file stem, overrides) chaining a stage to the outputs of the stages before it."""
-    student = runs / "ssd" / "final"
-    if stage in ("mse_baseline", "fm_warmup"):
-        return stage, {"student": runs / "block_kd" / "final"}
-    if stage == "ssd":
-        return stage, {"student": runs / "fm_warmup" / "final", "vae": runs / "decoder" / "final"}
-    if stage.startswith("controlnet_"):
-        step, kind = stage[len("controlnet_"):].rsplit("_", 1)  # teacher | kd | ssd, edges | depth
-        if step == "teacher":
-            return "controlnet_teacher", {"control_type": kind}
-        sets = {"stage": step, "student": student, "teacher_controlnet": runs / f"controlnet_teacher_{kind}" / "final",
-                "control_type": "canny" if kind == "edges" else "depth"}  # the live loop's extractors
-        if step == "ssd":
-            sets["controlnet"] = runs / f"controlnet_kd_{kind}" / "final"
-        return f"controlnet_{step}", sets  # controlnet_kd_miniature.yaml | controlnet_ssd_miniature.yaml
-    if stage == "decoder_student":  # the ControlNets and LoRA this chain has made so far
-        controlnets = [runs / f"controlnet_ssd_{kind}" / "final" for kind in ("edges", "depth")]
-        return stage, {"student": student, "decoder_init": runs / "decoder" / "final",
-                       "student_controlnets": [str(p) for p in controlnets if p.is_dir()],
-                       "student_loras": [str(p) for p in [runs / "lora_ssd" / "final"] if p.is_dir()]}
-    if stage == "lora_ssd":
-        return stage, {"student": student, "style_lora": runs / "lora_teacher" / "final" / "pytorch_lora_weights.safetensors",
-                       "pair_cache": runs / "pairs-pastel.safetensors", "plain_pair_cache": runs / "pairs.safetensors",
-                       "restyled_pair_cache": runs / "pairs-restyled.safetensors"}
-    return stage, {}
+    """(config file, overrides) chaining a stage to the outputs of the stages before it."""
+    spec = CHAIN_TABLE["stages"][stage]
+    sets = {k: runs / v for k, v in {**CHAIN_TABLE.get("files", {}), **spec.get("files", {})}.items()}
+    for key, ref in spec.get("inputs", {}).items():
+        if isinstance(ref, list):  # optional inputs: the stages done so far
+            sets[key] = [str(_input(r, runs)) for r in ref if _input(r, runs).is_dir()]
+        else:
+            sets[key] = _input(ref, runs)
+    sets.update(spec.get("set", {}))
+    return spec["config"], sets
 
 
-def stage_args(stage: str, teacher: Path, runs: Path, extra: list[str]) -> list[str]:
-    """The trainer's command line: its miniature YAML, this chain's teacher and run folders."""
+def stage_args(stage: str, teacher: Path, runs: Path, extra: list[str], gpu: float = 0.0) -> list[str]:
+    """The trainer's command line: its miniature YAML, this chain's teacher and run folders; with
+    ``gpu`` > 0, the stage's one-GPU options and its wall-time budget scaled by ``gpu``."""
     config, chained = _stage_sets(stage, runs)
-    sets = {"teacher": teacher, "run_dir": runs / stage, "pair_cache": runs / "pairs.safetensors", "resume": "latest",
-            **chained}
+    sets = {"teacher": teacher, "run_dir": runs / stage, "resume": "latest", **chained}
     known = {f.name for f in dataclasses.fields(method_class(stage).config_cls)}
-    args = ["--config", str(CONFIGS / f"{config}_miniature.yaml")]
-    for key, value in sets.items():
-        if key in known:
-            args += ["--set", f"{key}={value}"]
-    for kv in extra:  # STAGE.KEY=VALUE for this stage; all.KEY=VALUE for every stage that has KEY
-        target, setting = kv.split(".", 1)
-        if target == stage or (target == "all" and setting.split("=", 1)[0] in known):
-            args += ["--set", setting]
-    return args
+    spec = CHAIN_TABLE["stages"][stage]
+    on_gpu = {**spec["gpu"].get("set", {}), "max_minutes": spec["gpu"]["minutes"] * gpu} if gpu and "gpu" in spec else {}
+    # later wins: the chain's wiring, every stage's all.KEY, the stage's GPU options, then STAGE.KEY
+    settings = [f"{k}={v}" for k, v in sets.items() if k in known]
+    settings += [kv.split(".", 1)[1] for kv in extra if kv.startswith("all.") and kv[4:].split("=", 1)[0] in known]
+    settings += [f"{k}={v}" for k, v in on_gpu.items()]
+    settings += [kv.split(".", 1)[1] for kv in extra if kv.split(".", 1)[0] == stage]
+    return ["--config", str(CONFIGS / config)] + [a for kv in settings for a in ("--set", kv)]
 
 
 def export_fp16(src: Path, dst: Path, vae: Path | None = None, link_to: list[Path] = ()) -> dict:
@@ -168,8 +169,6 @@ def export_suffix(export_name: str) -> str:
 
 def result_file(stem: str, export_name: str) -> Path:
     """Where a benchmark of this export writes: ``sdxs-sd4`` -> ``benchmarks/results/<stem>_sd4.json``."""
-    from benchmarks.miniature_teacher import RESULTS
-
     return RESULTS / f"{stem}{export_suffix(export_name).replace('-', '_')}.json"
 
 
@@ -178,11 +177,17 @@ def benchmark_controls_args(teacher: Path, runs: Path, assets: Path, n_eval: int
     return ["--teacher", str(teacher), "--student", str(assets / export_name), "--runs", str(runs),
             "--assets", str(assets), f"--suffix={export_suffix(export_name)}", "--n", str(n_eval),
             "--threads", str(torch.get_num_threads()),
-            "--out", str(result_file("miniature_lora_controlnet", export_name))]
+            "--out", str(result_file(CHAIN_TABLE["stages"]["benchmark_controls"]["result"], export_name))]
+
+
+def entry_point(stage: str, argv: list[str]) -> None:
+    """A benchmark stage: its entry point in a child process (training code never imports benchmarks)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-m", CHAIN_TABLE["stages"][stage]["entry"], *argv], check=True, env=env)
 
 
 def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eval: int, export_name: str = "sdxs",
-        export_vae: Path | None = None) -> dict:
+        export_vae: Path | None = None, gpu: float = 0.0) -> dict:
     from trainers.core.method import main as method_main
 
     timings = {}
@@ -192,7 +197,7 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
             if (runs / stage / "final").is_dir():
                 print(f"[{stage}] done before: {runs / stage / 'final'}", flush=True)
                 continue
-            method_main(method_class(stage), stage_args(stage, teacher, runs, extra))
+            method_main(method_class(stage), stage_args(stage, teacher, runs, extra, gpu))
         elif stage == "export":
             vae = export_vae or next((d for d in (runs / "decoder_student" / "final", runs / "decoder" / "final")
                                       if d.is_dir()), None)
@@ -204,15 +209,11 @@ def run(stages, teacher: Path, runs: Path, assets: Path, extra: list[str], n_eva
         elif stage == "export_controls":
             print(f"[export_controls] {export_controls(runs, assets, export_suffix(export_name))}", flush=True)
         elif stage == "benchmark":
-            from benchmarks import miniature_sdxs
-
-            miniature_sdxs.main(["--teacher", str(teacher), "--runs", str(runs), "--n", str(n_eval),
-                                 "--threads", str(torch.get_num_threads()),
-                                 "--out", str(result_file("miniature_sdxs", export_name))])
+            entry_point(stage, ["--teacher", str(teacher), "--runs", str(runs), "--n", str(n_eval),
+                                "--threads", str(torch.get_num_threads()),
+                                "--out", str(result_file(CHAIN_TABLE["stages"][stage]["result"], export_name))])
         else:
-            from benchmarks import miniature_lora_controlnet
-
-            miniature_lora_controlnet.main(benchmark_controls_args(teacher, runs, assets, n_eval, export_name))
+            entry_point(stage, benchmark_controls_args(teacher, runs, assets, n_eval, export_name))
         timings[stage] = round(time.time() - t0, 1)
         print(f"[{stage}] {timings[stage]:.0f} s", flush=True)
     times_file = runs / "distill_times.json"  # merged: a run of some stages keeps the others' times
@@ -226,9 +227,9 @@ def main(argv=None):
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(DEFAULT_STAGES),
                         help="default: the chain, export and benchmark; the ControlNet / LoRA stages "
                              f"({', '.join(CONTROL)}, export_controls, benchmark_controls) run when named")
-    parser.add_argument("--teacher", type=Path, default=ROOT / "assets" / "miniature" / "teacher")
+    parser.add_argument("--teacher", type=Path, default=MINIATURE / "teacher")
     parser.add_argument("--runs", type=Path, default=Path("runs/miniature"))
-    parser.add_argument("--assets", type=Path, default=ROOT / "assets" / "miniature")
+    parser.add_argument("--assets", type=Path, default=MINIATURE)
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a stage's option, e.g. --set ssd.max_steps=500, or every stage's with "
                              "all.KEY=VALUE (a smoke run: --set all.num_pairs=256); repeatable")
@@ -240,13 +241,17 @@ def main(argv=None):
                              "(default: the chain's decoder_student, else decoder)")
     parser.add_argument("--n-eval", type=int, default=256, help="images per row of the benchmark")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--gpu-budget", type=float, default=0.0, metavar="SCALE",
+                        help="scripts/distill_gpu.sh: each training stage's one-GPU options from distill_chain.yaml "
+                             "and its wall-time budget (minutes) times SCALE; 0 (default): the configs as they are")
     args = parser.parse_args(argv)
     bad = [kv for kv in args.extra if "." not in kv.split("=", 1)[0] or kv.split(".", 1)[0] not in (*TRAIN_STAGES, "all")]
     if bad:
         parser.error(f"--set takes STAGE.KEY=VALUE with STAGE one of all, {', '.join(TRAIN_STAGES)}; got {bad}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args.stages, args.teacher, args.runs, args.assets, args.extra, args.n_eval, args.export_name, args.export_vae)
+    run(args.stages, args.teacher, args.runs, args.assets, args.extra, args.n_eval, args.export_name, args.export_vae,
+        args.gpu_budget)
 
 
 if __name__ == "__main__":
