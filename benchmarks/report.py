@@ -30,7 +30,8 @@ TITLES = {
     "miniature_teacher": ("Miniature teacher", "held-out prompts: its own sampler (25 steps + CFG) against one "
                           "step. mFID is comparable only at equal n."),
     "miniature_sdxs": ("SDXS chain on the first miniature teacher", "teacher, KD student and one-step students "
-                       "(MSE, FM-only, FM+SSD), each decoded by the teacher's VAE; the last row with the tiny decoder."),
+                       "(MSE, FM-only, FM+SSD), each decoded by the teacher's VAE; the last row with the tiny "
+                       "decoder."),
     "miniature_sdxs_sd4": ("SDXS chain on the SD1.5-layout teacher (the default's)", "as above, for the teacher "
                            "whose student is the bundled default."),
     "miniature_lora_controlnet": ("ControlNets and style LoRA of the first student", "teacher with its ControlNet / "

@@ -25,8 +25,8 @@ def test_readme_example_is_short_and_uses_the_real_weights():
 @pytest.mark.skipif(not (BUNDLED / "model_index.json").is_file(), reason="bundled model not present")
 def test_readme_example_runs_on_the_bundled_model(tmp_path, monkeypatch):
     """The same lines with the released model swapped for the bundled one (and the CPU for CUDA)."""
-    code, swaps = re.subn(r'load_engine\("sdxs-512-[a-z0-9.-]+"[^)\n]*\)', 'load_engine("miniature-sd4-fast", device="cpu")',
-                          python_example())
+    code, swaps = re.subn(r'load_engine\("sdxs-512-[a-z0-9.-]+"[^)\n]*\)',
+                          'load_engine("miniature-sd4-fast", device="cpu")', python_example())
     assert swaps == 1, "the example's load_engine(...) call changed shape: update this test with it"
     saved = re.findall(r'\.save\("([^"]+)"\)', code)
     assert saved, "the example should save its image"
