@@ -53,3 +53,12 @@ def test_readme_stays_a_front_page():
     for link in re.findall(r"\]\(((?:docs/|[A-Z]+\.)[^)#]*)\)", README):
         if link != "docs/backends.md":  # written on another branch
             assert (ROOT / link).exists(), f"README links to a missing {link}"
+
+
+def test_docs_links_resolve():
+    """Relative links between the docs pages and the notebook point at files that exist."""
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            target = (page.parent / link).resolve()
+            if target.name != "backends.md":  # written on another branch
+                assert target.exists(), f"{page.relative_to(ROOT)} links to a missing {link}"
