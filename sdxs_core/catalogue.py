@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .control import CONTROL_NAMES
 from .fits import BaseShape, lora_cross_dim, lora_key_shapes
 from .presets import ASSETS, PRESETS
 
@@ -51,18 +52,18 @@ class Entry:
 # The order in which a freshly loaded model picks its ControlNet: the Live tab opens on canny, so
 # a canny/edges ControlNet makes the first frames right; an unknown type comes last.
 CONTROL_PREFERENCE = ("canny", "sketch", "depth")
-_CONTROL_WORDS = {"canny": "canny", "edges": "canny", "edge": "canny", "depth": "depth", "sketch": "sketch",
-                  "lineart": "sketch", "scribble": "sketch", "hed": "sketch"}
 
 
 def control_type_of(folder: Path) -> str:
     """A local ControlNet's control type: ``train_info.json`` (our trainers write it), else a word
-    in its folder name (``...-canny``, ``control_v11f1p_sd15_depth``), else ""."""
+    in its folder name (``...-canny``, ``...-edges``, ``control_v11f1p_sd15_depth``), else ""; names and
+    aliases from ``sdxs_core.control``'s one table."""
     info = read_json(folder / "train_info.json") or {}
-    if info.get("control_type") in CONTROL_PREFERENCE:
-        return info["control_type"]
+    written = info.get("control_type") if isinstance(info, dict) else None
+    if isinstance(written, str) and written in CONTROL_NAMES:
+        return CONTROL_NAMES[written]
     words = folder.name.lower().replace("-", "_").split("_")
-    return next((_CONTROL_WORDS[w] for w in reversed(words) if w in _CONTROL_WORDS), "")
+    return next((CONTROL_NAMES[w] for w in reversed(words) if w in CONTROL_NAMES), "")
 
 
 def control_rank(entry: "Entry") -> int:

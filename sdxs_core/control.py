@@ -329,6 +329,26 @@ class DepthExtractor(Extractor):
         return depth_to_map(estimator(rgb), normalise)
 
 
+# ---- the control types ---------------------------------------------------------------------------
+# What a ControlNet is trained on and fed, the one table of names: apps, loaders and trainers read
+# their types and aliases here. Aliases are the names people and older configs use ("edges" was the
+# miniature world's name for canny maps; lineart / scribble / HED maps are what the sketch extractor makes).
+CONTROL_TYPES = ("canny", "sketch", "depth")
+CONTROL_ALIASES = {"edges": "canny", "edge": "canny", "lineart": "sketch", "scribble": "sketch", "hed": "sketch"}
+CONTROL_NAMES = {**{t: t for t in CONTROL_TYPES}, **CONTROL_ALIASES}  # every accepted name -> its type
+
+
+def control_kind(name, field: str = "control_type", choices=CONTROL_TYPES) -> str:
+    """The control type ``name`` stands for (an alias resolves to its type), if it is one of
+    ``choices``; else a ValueError naming ``field`` and what it may be."""
+    kind = CONTROL_NAMES.get(name, name) if isinstance(name, str) else name
+    if not isinstance(kind, str) or kind not in choices:
+        aliases = ", ".join(f"{a} = {t}" for a, t in CONTROL_ALIASES.items() if t in choices)
+        raise ValueError(f"{field}={name!r}: unknown control type; choose one of {', '.join(choices)}"
+                         + (f" (also {aliases})" if aliases else ""))
+    return kind
+
+
 # ---- the registry ------------------------------------------------------------------------------
 EXTRACTORS: dict[str, Extractor] = {}
 
@@ -350,10 +370,10 @@ def availability() -> dict[str, Availability]:
 
 def extract(kind: str, image: ImageLike, size: int | tuple[int, int] | None = None, device: str | None = None) -> ControlMap:
     """The control map of `image` for `kind`, at the image's size or at `size` (int: square side, or
-    (height, width)), resized by `resize_map`. Raises ValueError for an unknown kind, and
+    (height, width)), resized by `resize_map`; `kind` may be an alias (edges = canny). Raises ValueError
+    for an unknown kind, and
     ExtractorUnavailableError (a ValueError) when the kind's model is not installed."""
-    if kind not in EXTRACTORS:
-        raise ValueError(f"unknown control type {kind!r}; choose one of {sorted(EXTRACTORS)}")
+    kind = control_kind(kind, "control_type", tuple(EXTRACTORS))
     extractor = EXTRACTORS[kind]
     target = None if size is None else _target_size(size)
     rgb = to_rgb_array(image)

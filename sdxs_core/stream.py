@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from .control import EXTRACTORS, extract
+from .control import EXTRACTORS, control_kind, extract
 from .errors import SDXSError
 from .images import ImageLike, to_rgb_array
 
@@ -45,8 +45,7 @@ class LiveParams:
     seed: int = 0
 
     def __post_init__(self):
-        if self.control_type not in EXTRACTORS:
-            raise ValueError(f"unknown control type {self.control_type!r}; choose one of {sorted(EXTRACTORS)}")
+        object.__setattr__(self, "control_type", control_kind(self.control_type, "control_type", tuple(EXTRACTORS)))
         if not math.isfinite(self.control_scale):
             raise ValueError(f"control strength must be a finite number, got {self.control_scale}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

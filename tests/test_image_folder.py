@@ -124,9 +124,9 @@ def test_configs_check_the_folder_options_up_front(tmp_path, tiny_dir, monkeypat
     assert "{caption}" in errors(LoRATeacherConfig, images=str(tmp_path), caption_template="{caption}")
     assert errors(LoRATeacherConfig, images=str(tmp_path), caption_template="{trigger}, {caption}",
                   caption_with="classifier") == ""
-    for kind in ("canny", "sketch", "depth", "edges"):  # edges: the existing configs' name for canny
+    for kind in ("canny", "sketch", "depth", "edges", "scribble"):  # aliases of sdxs_core.control's table
         assert errors(ControlNetTeacherConfig, control_type=kind) == ""
-    assert "control_type='scribble'" in errors(ControlNetTeacherConfig, control_type="scribble")
+    assert "control_type='thermal'" in errors(ControlNetTeacherConfig, control_type="thermal")
     monkeypatch.setenv("SDXS_DEPTH_MODEL", str(tmp_path / "no-model"))  # maps of user images need a depth model
     assert "control_type='depth' with images needs a depth model" in \
         errors(ControlNetTeacherConfig, control_type="depth", images=str(tmp_path))

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from sdxs_core.control import CONTROL_NAMES, control_kind, extract
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_WITH = ("template", "classifier")
-CONTROL_KINDS = {"canny": "canny", "edges": "canny", "sketch": "sketch", "depth": "depth"}  # -> extractor
+CONTROL_KINDS = CONTROL_NAMES  # accepted control_type -> extractor: sdxs_core.control's one table
 
 
 def caption_errors(caption_template: str, caption_with: str) -> list[str]:
@@ -175,14 +177,10 @@ def folder_data(vae, folder: str | os.PathLike, resolution: int, control_type: s
     their own), ``latents``, ``prompts`` and, for a ControlNet, ``maps`` ``[N, R, R, 3] uint8`` made by
     the live loop's own extractor (``sdxs_core.control.extract``), so training sees what inference will.
     ``caption_options``: those of ``read_image_folder``."""
-    if control_type is not None and control_type not in CONTROL_KINDS:
-        raise ValueError(f"control_type={control_type!r} must be one of {sorted(CONTROL_KINDS)}")
+    kind = None if control_type is None else control_kind(control_type, "control_type")
     data = read_image_folder(folder, resolution, **caption_options)
     latents = encode_latents(vae, data["images"])
     out = {"noise": torch.zeros_like(latents), "latents": latents, "prompts": data["captions"]}
-    if control_type is not None:
-        from sdxs_core.control import extract
-
-        kind = CONTROL_KINDS[control_type]
+    if kind is not None:
         out["maps"] = np.stack([extract(kind, im, size=resolution).image for im in data["images"]])
     return out

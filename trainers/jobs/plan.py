@@ -18,13 +18,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdxs_core.control import CONTROL_NAMES, CONTROL_TYPES, control_kind
 from trainers.core.image_folder import image_files
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "trainers" / "configs"
 PRESETS = CONFIGS / "jobs"
 KINDS = ("lora", "controlnet")
-CONTROL_TYPES = ("canny", "sketch", "depth")
 DEVICES = ("auto", "cpu", "cuda")
 MIN_STYLE_IMAGES = 8
 TRAIN_TEACHER = "train"  # teacher_controlnet value: train one in a first stage
@@ -62,6 +62,10 @@ class JobRequest:
     device: str = "auto"
     num_processes: int = 1
     overrides: dict = field(default_factory=dict)  # stage -> {option: value}
+
+    def __post_init__(self):
+        if isinstance(self.control_type, str):  # an alias (edges) is its type from here on: names, presets, plans
+            self.control_type = CONTROL_NAMES.get(self.control_type, self.control_type)
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobRequest":
@@ -157,8 +161,10 @@ def _request_errors(r: JobRequest, preset: dict) -> list[str]:
             elif (n := len(image_files(r.images))) < MIN_STYLE_IMAGES:
                 e.append(f"images: {n} image(s) in {r.images!r}; a style needs at least {MIN_STYLE_IMAGES}")
     else:
-        if r.control_type not in CONTROL_TYPES:
-            e.append(f"control_type={r.control_type!r} must be one of {CONTROL_TYPES}")
+        try:
+            control_kind(r.control_type, "control_type", CONTROL_TYPES)
+        except ValueError as err:
+            e.append(str(err))
         if r.images and not Path(r.images).is_dir():
             e.append(f"images={r.images!r} is not a folder")
         if r.teacher_controlnet not in ("", TRAIN_TEACHER) and not (Path(r.teacher_controlnet) / "config.json").is_file():
