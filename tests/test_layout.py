@@ -5,13 +5,9 @@ functions count too: a cycle hidden in a function still ties two modules into on
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("sdxs_core", "trainers")
 UPWARD = ("benchmarks", "app")
-# trainers/miniature/distill.py runs the chain's benchmarks itself until the chain becomes data (issue 31, knot 2)
-KNOWN_UPWARD = {"trainers.miniature.distill"}
 
 
 def module_name(path: Path) -> str:
@@ -57,15 +53,8 @@ def test_the_import_reader_resolves_relative_and_submodule_imports():
 
 
 def test_sdxs_core_and_trainers_never_import_benchmarks_or_app():
-    found = {name: upward(name, imports) for name, imports in graph().items() if name not in KNOWN_UPWARD}
+    found = {name: upward(name, imports) for name, imports in graph().items()}
     assert {name: bad for name, bad in found.items() if bad} == {}
-
-
-@pytest.mark.xfail(strict=False, reason="trainers/miniature/distill.py imports benchmarks until its chain becomes "
-                                        "data (issue 31, knot 2, another branch)")
-@pytest.mark.parametrize("name", sorted(KNOWN_UPWARD))
-def test_known_upward_imports_are_gone(name):
-    assert upward(name, graph()[name]) == []
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:

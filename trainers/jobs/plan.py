@@ -13,13 +13,13 @@ job is queued, so a bad option never reaches a worker.
 
 import dataclasses
 import hashlib
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdxs_core.control import CONTROL_NAMES, CONTROL_TYPES, control_kind
 from trainers.core.image_folder import image_files
+from trainers.methods import method_class
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "trainers" / "configs"
@@ -28,13 +28,6 @@ KINDS = ("lora", "controlnet")
 DEVICES = ("auto", "cpu", "cuda")
 MIN_STYLE_IMAGES = 8
 TRAIN_TEACHER = "train"  # teacher_controlnet value: train one in a first stage
-METHODS = {  # stage -> (module, class)
-    "lora_teacher": ("trainers.methods.lora_teacher", "LoRATeacher"),
-    "lora_ssd": ("trainers.methods.lora_ssd", "LoRASSD"),
-    "controlnet_teacher": ("trainers.methods.controlnet_teacher", "ControlNetTeacher"),
-    "controlnet_kd": ("trainers.methods.controlnet_kd", "ControlNetKD"),
-    "controlnet_ssd": ("trainers.methods.controlnet_ssd", "ControlNetSSD"),
-}
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -78,13 +71,12 @@ class JobRequest:
 
 @dataclass
 class Stage:
-    name: str  # a key of METHODS
+    name: str  # the method it runs: a key of trainers.methods.METHODS
     config: dict  # complete options of the method's config class
 
     @property
     def method_cls(self):
-        module, name = METHODS[self.name]
-        return getattr(importlib.import_module(module), name)
+        return method_class(self.name)
 
     def build_config(self):
         from trainers.core.config import load_config
