@@ -59,7 +59,7 @@ def main(argv=None):
         print(row, flush=True)
     report = {"model": model, "controlnet": args.controlnet, "n_images": args.n, "threads": args.threads,
               "calibration": "32 training-split captions x 1 seed (evaluate.calibration_prompts)", "rows": rows}
-    out = args.out or results_path("backend_quality" if not control else "backend_quality_edges")
+    out = args.out or results_path("backend_quality_edges.json" if control else "backend_quality.json")
     write_results(out, report)
     print(f"wrote {out}")
 

@@ -249,7 +249,8 @@ class OpenVINOBackend:
                 stored = self._stored("decoder" if kind == "decoder" else "unet")
                 net = _Network(model, "f32" if self.precision == "fp32" else self.float_hint, self.threads)
                 self._networks[mem_key] = net
-                self.events.append(ConversionEvent(kind, self.precision if stored == "fp32" else "int8",
+                runs_at = "int8" if stored == "int8" else "bf16" if net.hint == "bf16" else "fp32"
+                self.events.append(ConversionEvent(kind, runs_at,
                                                    time.perf_counter() - start, cached, entry))
             return net
 

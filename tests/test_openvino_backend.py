@@ -3,6 +3,7 @@ bf16 / int8 / mixed within the tolerances in docs/backends.md), ControlNet and L
 cache (hit, damaged entry rebuilt), and the clean refusals."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -160,3 +161,19 @@ def test_cli_backend_and_precision(tiny_dir, tmp_path, cache, ov_fp32, capsys):
     assert "openvino fp32" in out and "read from the cache" in out
     assert main([*args, "--backend", "torch"]) == 0
     assert "cpu, torch fp32" in capsys.readouterr().out
+
+
+def test_app_hub_shows_backend_and_lora_conversion_time(tiny_dir, tiny_lora_file, cache, ov_fp32, tmp_path):
+    from sdxs_core.hub import ModelHub
+
+    hub = ModelHub(search_dirs=[tmp_path], device="cpu", outputs=tmp_path, backend="openvino", precision="fp32",
+                   cache_dir=str(cache))
+    key = hub.register(str(tiny_dir))
+    notice = hub.load_model(key)
+    assert "openvino fp32" in notice and "read from its cache" in notice
+    assert "openvino fp32" in hub.status()
+    lora = hub.register(str(tiny_lora_file), kind="lora")
+    notice = hub.set_lora(lora, 0.7)
+    assert re.search(r"OpenVINO: unet converted in \d+\.\d s", notice), notice
+    failed = hub.set_lora("no-such-lora")
+    assert hub.lora_key == lora and "no-such-lora" in failed  # a failed switch keeps the LoRA
