@@ -621,6 +621,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: every core but one, left to the web server)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino"),
+                        help="what runs the U-Net and decoder; auto: openvino on a CPU where installed (docs/backends.md)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8", "mixed"),
+                        help="openvino's precision; auto: bf16 where the CPU has it, else fp32")
+    parser.add_argument("--cache-dir", default=None, help="openvino's converted models (default ~/.cache/sdxs-studio)")
     parser.add_argument("--eager", action="store_true",
                         help="run the networks eagerly, without the traced one-step graphs used on a CPU")
     parser.add_argument("--jobs-dir", default="runs/jobs", help="the training job store (shared with python -m trainers.jobs)")
@@ -645,7 +650,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or serving_threads())
     manager = None if args.no_train else JobManager(args.jobs_dir, threads=args.train_threads)
-    hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None,
+    hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None, backend=args.backend,
+                   precision=args.precision, cache_dir=args.cache_dir,
                    extra=manager.artefacts if manager else None)
     notice = hub.start(args.model or hub.default_model(), controlnet=args.controlnet)
     print(notice.replace("**", ""))

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.results_io import write_results
 from sdxs_core.stream import STAGES, LiveSession
 
 RESULTS = Path(__file__).parent / "results"
@@ -312,11 +313,11 @@ def combine_runs(reports: list[dict]) -> dict:
 
 
 def write_report(report: dict, path: Path) -> None:
-    """Write ``report`` as JSON atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write ``report`` through ``benchmarks.results_io`` (atomic, with its meta block)."""
+    write_results(path, report)
+
+
+OUT_FILES = {"browser": "live_loop.json", "socket": "live_loop_socket.json", "api": "live_loop_api.json"}
 
 
 def main(argv=None):
@@ -341,7 +342,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: as app.py, every core but one)")
     parser.add_argument("--eager", action="store_true", help="no traced one-step graphs (app.py --eager)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "live_loop.json")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino"), help="as app.py --backend")
+    parser.add_argument("--precision", default="auto", help="as app.py --precision (openvino)")
+    parser.add_argument("--cache-dir", default=None, help="openvino's converted models")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default results/live_loop.json (browser), live_loop_socket.json (socket), "
+                             "live_loop_api.json (api)")
     args = parser.parse_args(argv)
     if ((args.frames is not None and args.frames < 2) or (args.warmup or 0) < 0 or args.seconds <= 0
             or args.warmup_seconds < 0 or args.repeats < 1):
@@ -354,7 +360,8 @@ def main(argv=None):
 
     args.threads = args.threads or serving_threads()
     torch.set_num_threads(args.threads)
-    hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None)
+    hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None, backend=args.backend,
+                   precision=args.precision, cache_dir=args.cache_dir)
     print(hub.start(args.model or hub.default_model(), controlnet=args.controlnet).replace("**", ""))
     if hub.engine is None or hub.engine.controlnet is None:
         parser.error("the live loop needs a model with a ControlNet: pass --controlnet")
@@ -373,8 +380,10 @@ def main(argv=None):
               f"p95 {reports[-1]['latency_ms_p95']} ms", flush=True)
     report = combine_runs(reports)
     print("\n" + table(report))
-    write_report(report, args.out)
-    print(f"wrote {args.out}")
+    report["backend"] = hub.engine.backend_label
+    out = args.out or RESULTS / OUT_FILES[args.client]
+    write_report(report, out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 from .errors import SDXSError
+from .loading import BACKENDS
+from .openvino_backend import PRECISIONS
 from .presets import DEFAULT_MODEL
 
 
@@ -15,7 +17,10 @@ def _generate(args) -> int:
     from .loading import load_engine
 
     engine = load_engine(args.model, controlnet=args.controlnet, lora=args.lora, lora_scale=args.lora_scale,
-                         device=args.device, dtype=args.dtype)
+                         device=args.device, dtype=args.dtype, backend=args.backend, precision=args.precision,
+                         cache_dir=args.cache_dir)
+    for event in getattr(engine.backend, "events", []):
+        print(event)
     control = None
     if args.control_image:
         if engine.controlnet is None:
@@ -35,7 +40,7 @@ def _generate(args) -> int:
         print(f"{path}  seed={seed}")
     t = out.timings
     print(f"{engine.name}: {t.total_ms:.0f} ms total (text {t.text_ms:.0f}, control {t.control_ms:.0f}, "
-          f"unet {t.unet_ms:.0f}, decode {t.decode_ms:.0f}) on {engine.device} {str(engine.dtype).removeprefix('torch.')}")
+          f"unet {t.unet_ms:.0f}, decode {t.decode_ms:.0f}) on {engine.device}, {engine.backend_label}")
     return 0
 
 
@@ -90,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora-scale", type=float, default=1.0)
     gen.add_argument("--steps", type=int, default=1, help="1 for SDXS; more only for multi-step teachers")
     gen.add_argument("--guidance", type=float, default=0.0, help="CFG scale (0 for SDXS)")
+    gen.add_argument("--backend", default="auto", choices=BACKENDS,
+                     help="torch, or openvino (CPU; converted once, cached); auto: openvino where it applies")
+    gen.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
+                     help="openvino only; auto: bf16 where the CPU has it, else fp32 (docs/backends.md)")
+    gen.add_argument("--cache-dir", default=None, help="openvino's converted models (default ~/.cache/sdxs-studio)")
     info = sub.add_parser("info", help="device, dtype and which models are available locally")
     for p in (gen, info):
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")

@@ -88,6 +88,26 @@ def _one_step_coefficients(scheduler) -> tuple[torch.Tensor, float, float, float
     return t, float(sched.init_noise_sigma), c_in, a, b
 
 
+def make_backend(backend, device: torch.device, dtype: torch.dtype, precision: str | None = "auto",
+                 cache_dir=None, calibration_prompts: list[str] | None = None):
+    """None for torch, else an ``OpenVINOBackend``. ``backend`` is "torch", "openvino", None (torch) or a
+    ready backend object. OpenVINO converts fp32 torch networks and runs them on the CPU; its own
+    ``precision`` (bf16, int8, ...) replaces torch's dtype, so other devices or dtypes are refused."""
+    if backend is None or backend == "torch":
+        return None
+    if not isinstance(backend, str):
+        return backend
+    if backend != "openvino":
+        raise ValueError(f"backend={backend!r}: choose one of auto, torch, openvino")
+    if device.type != "cpu" or dtype != torch.float32:
+        raise ValueError(f"backend='openvino' runs on the CPU from fp32 weights, but this engine is on {device} in "
+                         f"{str(dtype).removeprefix('torch.')}: use dtype fp32 with precision='bf16' (or int8, "
+                         f"mixed) for lower precision, or backend='torch'")
+    from .openvino_backend import OpenVINOBackend
+
+    return OpenVINOBackend(precision, cache_dir, calibration_prompts)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -100,7 +120,8 @@ class OneStepEngine:
     """
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet=None,
-                 name: str = "model", prompt_cache_size: int = 128, graphs: bool = False):
+                 name: str = "model", prompt_cache_size: int = 128, graphs: bool = False,
+                 backend=None):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.scheduler, self.name = scheduler, name
         # diffusers' ModelMixin.device/.dtype walk every module (~1.5 ms each): read them once
@@ -118,6 +139,9 @@ class OneStepEngine:
         # frozen graphs for the one-step path (sdxs_core.graphs): only for fixed weights, never
         # for a network a trainer is still updating
         self.graphs = GraphCache() if graphs else None
+        # where the one-step U-Net and decoder run: None is torch (eager, or traced with ``graphs``), or
+        # an ``OpenVINOBackend`` (see ``make_backend``); multi-step teachers always run in torch
+        self.backend = make_backend(backend, self._device, self._dtype)
         for module in (text_encoder, unet, vae):
             module.eval().requires_grad_(False)
         if controlnet is not None:
@@ -140,6 +164,14 @@ class OneStepEngine:
     def size_multiple(self) -> int:
         """Image sides must be a multiple of this (VAE factor x U-Net downsamplings)."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def backend_label(self) -> str:
+        """What runs the one-step U-Net and decoder, e.g. "torch fp32" or "openvino bf16"."""
+        if self.backend is not None:
+            return self.backend.label
+        names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+        return f"torch {names.get(self.dtype, str(self.dtype).removeprefix('torch.'))}"
 
     @property
     def loras(self) -> dict[str, float]:
@@ -190,12 +222,18 @@ class OneStepEngine:
     def _apply_lora_scales(self) -> None:
         if self._loras:
             self.unet.set_adapters(list(self._loras), list(self._loras.values()))
-        self._networks_changed()
+        self._networks_changed(unet=True)
 
-    def _networks_changed(self) -> None:
-        """Traced graphs hold the old weights: drop them."""
+    def _networks_changed(self, unet: bool = False) -> None:
+        """Traced graphs and converted networks hold the old weights: drop them. After a U-Net change
+        (a LoRA) the OpenVINO backend converts it again now (or reads it from its cache), so the next
+        image does not wait and ``backend.events`` says what the change cost; the ControlNet runs in
+        torch and feeds the converted U-Net through its inputs, so changing it converts nothing."""
         if self.graphs is not None:
             self.graphs.clear()
+        if self.backend is not None and unet:
+            self.backend.networks_changed()
+            self.backend.prepare(self)
 
     # ---- steps ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -260,9 +298,9 @@ class OneStepEngine:
             cond = cond.repeat_interleave(batch, dim=0)
         return cond.to(self.device, self.dtype)
 
-    def _denoise(self, x, t, embeds, control, control_scale, timings, graphs=None):
+    def _denoise(self, x, t, embeds, control, control_scale, timings, graphs=None, backend=None):
         """One network evaluation: ControlNet residuals (if any) then the U-Net, traced when
-        ``graphs`` is given."""
+        ``graphs`` is given, in ``backend`` when that is given."""
         clock = _Stopwatch(timings, self.device)
         down = mid = None
         if control is not None:
@@ -273,17 +311,21 @@ class OneStepEngine:
                     down, mid = self.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=control,
                                                 conditioning_scale=control_scale, return_dict=False)
         with clock("unet_ms"):
+            if backend is not None:
+                return backend.unet(self, x, t, embeds, down, mid)
             if graphs is not None:
                 return graphs.unet(self.unet, x, t, embeds, down, mid)
             return self.unet(x, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
                              mid_block_additional_residual=mid, return_dict=False)[0]
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, graphs=None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, graphs=None, backend=None) -> torch.Tensor:
         """Latents -> images in [0, 1], ``[N, 3, H, W]`` float32."""
         vae_dtype = next(self.vae.parameters()).dtype
         latents = latents.to(vae_dtype) / self.vae.config.scaling_factor
-        if graphs is not None:
+        if backend is not None:
+            image = backend.decode(self, latents)
+        elif graphs is not None:
             image = graphs.decode(self.vae, latents)
         else:
             image = self.vae.decode(latents, return_dict=False)[0]
@@ -382,10 +424,12 @@ class OneStepEngine:
         # 4. denoise
         one_step = num_inference_steps == 1 and not cfg and self._one_step is not None
         graphs = self.graphs if one_step else None  # multi-step teachers stay eager
+        backend = self.backend if one_step else None
         if one_step:
             t, init_sigma, c_in, a, b = self._one_step
             x = latents * init_sigma
-            out = self._denoise(x * c_in, t.to(self.device), embeds, control, control_scale, timings, graphs)
+            out = self._denoise(x * c_in, t.to(self.device), embeds, control, control_scale, timings, graphs,
+                                backend)
             latents = a * x + b * out
         else:
             latents = self._sample(latents, embeds, control, control_scale, num_inference_steps,
@@ -396,7 +440,7 @@ class OneStepEngine:
             images = latents
         else:
             with clock("decode_ms"):
-                images = self.decode(latents, graphs)
+                images = self.decode(latents, graphs, backend)
             images = self._postprocess(images, output_type)
         timings.total_ms = (time.perf_counter() - start) * 1e3
         return GenerationOutput(images=images, seeds=seeds, timings=timings)

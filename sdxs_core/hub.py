@@ -67,13 +67,15 @@ class ModelHub:
     each action returns a notice to show instead."""
 
     def __init__(self, search_dirs: list[Path] | None = None, device: str | None = None, dtype: str | None = None,
-                 outputs: Path = OUTPUTS, graphs: bool | None = None, extra: Callable[[], dict[str, Path]] | None = None):
+                 outputs: Path = OUTPUTS, graphs: bool | None = None, extra: Callable[[], dict[str, Path]] | None = None,
+                 backend: str = "torch", precision: str | None = "auto", cache_dir: str | None = None):
         self.search_dirs = list(search_dirs) if search_dirs is not None else [OUTPUTS, ASSETS]
         self.extra = extra  # more folders to offer, asked at every rescan (finished training jobs)
         self.outputs = outputs
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
         self.graphs = graphs  # traced one-step graphs (None: on a CPU), see sdxs_core.graphs
+        self.backend, self.precision, self.cache_dir = backend, precision, cache_dir  # see load_engine
         self.engine = None  # OneStepEngine, replaced only under the switch lock
         self.model_key: str | None = None
         self.controlnet_key: str | None = None
@@ -188,7 +190,8 @@ class ModelHub:
         if entry is None:
             return self._refused("model", key)
         try:
-            engine = load_engine(entry.source, device=self.device, dtype=self.dtype, graphs=self.graphs)
+            engine = load_engine(entry.source, device=self.device, dtype=self.dtype, graphs=self.graphs,
+                                 backend=self.backend, precision=self.precision, cache_dir=self.cache_dir)
         except ModelUnavailableError as e:
             return f"**{entry.key}** is not available offline. {e}" + self._still_using()
         except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: torch load failures
@@ -196,7 +199,8 @@ class ModelHub:
         with self._lock.exclusive():
             previous_cn, previous_lora = self.controlnet_key, self.lora_key
             self.engine, self.model_key, self.controlnet_key, self.lora_key = engine, entry.key, None, None
-        notice = f"Loaded **{entry.key}** ({self.shape})." + (" LoRA removed." if previous_lora else "")
+        notice = (f"Loaded **{entry.key}** ({self.shape}, {engine.backend_label})."
+                  + (" LoRA removed." if previous_lora else "") + _conversions(engine, 0))
         fitting = [k for _, k in self.choices("controlnet")]
         entries = (self.lookup("controlnet", k) for k in fitting)
         local = sorted((e for e in entries if local_path(e)), key=control_rank)  # stable: alphabetical within a type
@@ -237,6 +241,7 @@ class ModelHub:
             return self._refused("LoRA", key)
         if self.engine is None:
             return "Load a model before a LoRA."
+        converted = len(getattr(self.engine.backend, "events", []))
         try:
             with self._lock.exclusive():
                 if self.lora_key is not None:
@@ -247,7 +252,8 @@ class ModelHub:
                     self.lora_key, self.lora_scale = entry.key, float(scale)
         except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: PEFT/torch shape mismatches
             return f"LoRA **{entry.key}** not loaded: {e}"
-        return f"LoRA **{entry.key}** at scale {scale:g}." if entry else "No LoRA."
+        return (f"LoRA **{entry.key}** at scale {scale:g}." if entry else "No LoRA.") + _conversions(self.engine,
+                                                                                                     converted)
 
     def set_lora_scale(self, scale: float) -> None:
         with self._lock.exclusive():
@@ -260,9 +266,21 @@ class ModelHub:
         if self.engine is None:
             return "No model loaded."
         text = (f"**Model** {self.model_key} ({self.shape}) · **ControlNet** {self.controlnet_key or 'none'} · "
-                f"**LoRA** {self.lora_key or 'none'} · {self.device.type} {str(self.dtype).removeprefix('torch.')}")
+                f"**LoRA** {self.lora_key or 'none'} · {self.device.type} {self.engine.backend_label}")
         note = self.notes.get(self.model_key)
         return f"{text}\n\n⚠️ {note}" if note else text
+
+
+def _conversions(engine, since: int) -> str:
+    """What the OpenVINO backend spent converting (or reading its cache) since event ``since``: a LoRA
+    change converts the U-Net again, and the user should see what that cost."""
+    events = getattr(engine.backend, "events", [])[since:]
+    if not events:
+        return ""
+    converted = [e for e in events if not e.cached]
+    total = sum(e.seconds for e in events)
+    return (f" OpenVINO: {', '.join(e.network for e in converted)} converted" if converted else
+            " OpenVINO: read from its cache") + f" in {total:.1f} s."
 
 
 # ---- generation requests ------------------------------------------------------------------------

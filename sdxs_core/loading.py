@@ -145,24 +145,59 @@ def load_vae(source: str | os.PathLike, device: torch.device, dtype: torch.dtype
 def load_engine(model: str | os.PathLike = DEFAULT_MODEL, controlnet: str | os.PathLike | None = None,
                 lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                graphs: bool | None = None, vae: str | os.PathLike | None = None):
+                graphs: bool | None = None, vae: str | os.PathLike | None = None, backend: str = "torch",
+                precision: str | None = "auto", cache_dir: str | os.PathLike | None = None,
+                calibration_prompts: list[str] | None = None):
     """The one entry point: a ready ``OneStepEngine`` for a model (+ optional ControlNet and LoRA).
     ``graphs``: trace the one-step path (``sdxs_core.graphs``); default on a CPU, where Python
     overhead is a large share of a small model's time. ``vae``: decode with another model's decoder
-    (a pipeline folder, a decoder folder or hub id; see ``load_vae``) instead of the model's own."""
-    from .engine import OneStepEngine
+    (a pipeline folder, a decoder folder or hub id; see ``load_vae``) instead of the model's own.
+
+    ``backend``: "torch", "openvino" (``sdxs_core.openvino_backend``: ``precision`` fp32 / bf16 / int8 /
+    mixed, converted networks cached in ``cache_dir``; int8 calibrates on ``calibration_prompts``) or
+    "auto": OpenVINO where it is installed and applies (CPU, fp32 weights), torch otherwise. The library
+    default stays torch: trainers validate networks they are still changing, which a converted copy
+    would not follow; the CLI and the app default to auto. OpenVINO converts (or reads from its cache)
+    at load, so the first image does not wait: ``engine.backend.events`` says what that cost."""
+    from .engine import OneStepEngine, make_backend
 
     device = resolve_device(device)
     dtype = resolve_dtype(device, dtype)
+    backend = resolve_backend(backend, device, dtype)
     path, preset = resolve_model_dir(model, kind="pipeline")
     components = load_pipeline_components(path, device, dtype)
     if vae is not None:
         components["vae"] = load_vae(vae, device, dtype)
         check_vae_fits(components["vae"], components["unet"])
     graphs = device.type == "cpu" if graphs is None else graphs
-    engine = OneStepEngine(**components, name=preset.name if preset else str(model), graphs=graphs)
+    engine = OneStepEngine(**components, name=preset.name if preset else str(model), graphs=graphs,
+                           backend=make_backend(backend, device, dtype, precision, cache_dir, calibration_prompts))
     if controlnet is not None:
         engine.set_controlnet(load_controlnet(controlnet, device, dtype))
     if lora is not None:
         engine.load_lora(lora, scale=lora_scale)
+    if engine.backend is not None:
+        engine.backend.prepare(engine)
     return engine
+
+
+BACKENDS = ("auto", "torch", "openvino")
+
+
+def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    """"auto" -> "openvino" when it is installed and applies (CPU, fp32 torch weights), else "torch";
+    measured faster on CPUs with and without bf16 (docs/backends.md). An explicit dtype such as bf16
+    keeps torch: OpenVINO takes its precision from ``precision``, not from torch's dtype."""
+    if backend in (None, "auto"):
+        from .openvino_backend import available
+
+        return "openvino" if available() and device.type == "cpu" and dtype == torch.float32 else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "openvino":
+        from .openvino_backend import available
+
+        if not available():
+            raise ValueError("backend='openvino' needs the openvino package (pip install -r requirements.txt); "
+                             "use backend='torch' or 'auto'")
+    return backend

@@ -5,6 +5,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# converted OpenVINO models (the CLI's and app's auto backend) go to a throw-away folder, not the user's cache
+os.environ.setdefault("SDXS_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="sdxs-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

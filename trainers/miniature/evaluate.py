@@ -354,6 +354,12 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def calibration_prompts(n: int = 32, seed: int = 7) -> list[str]:
+    """The model's own prompts for int8 calibration: captions of the training split (never the held-out
+    combinations scored here), one per calibration input."""
+    return [world.caption(s) for s in world.sample_specs(seed, n, "plain", "train")[0]]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="diffusers pipeline folder (or preset)")
@@ -372,6 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classifier", default=DEFAULT_DIR)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy CPU)")
+    parser.add_argument("--backend", default="torch", choices=("auto", "torch", "openvino"),
+                        help="what runs the one-step U-Net and decoder (docs/backends.md)")
+    parser.add_argument("--precision", default="auto", help="openvino: fp32, bf16, int8, mixed (auto: bf16 where "
+                                                            "the CPU has it); int8 calibrates on train captions")
+    parser.add_argument("--cache-dir", default=None, help="openvino's converted models")
     args = parser.parse_args(argv)
     if (args.controlnet is None) != (args.control_type is None):
         parser.error("--controlnet and --control-type go together")
@@ -380,7 +391,9 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
-    engine = load_engine(args.model, controlnet=args.controlnet, device=args.device)
+    engine = load_engine(args.model, controlnet=args.controlnet, device=args.device, backend=args.backend,
+                         precision=args.precision, cache_dir=args.cache_dir,
+                         calibration_prompts=calibration_prompts())
     depth = None
     if args.control_type == "depth":  # the world's own depth estimator reads the generations' depth
         from sdxs_core.depth import MiniatureDepth

@@ -1,0 +1,409 @@
+"""OpenVINO backend for the one-step path: the U-Net (with and without ControlNet residual inputs) and
+the decoder run as OpenVINO models; the text encoder and the ControlNet stay in torch.
+
+Why: on a CPU, OpenVINO's kernels run SDXS's convolutions and attention faster than torch's, and in
+bf16 (on CPUs with AVX512-BF16 / AMX) or int8 (NNCF post-training quantisation) much faster again;
+FastSD CPU uses it for the same model. Converting a network takes seconds (tiny models) to about a
+minute (SDXS-512 with int8 calibration), so each converted network is cached on disk:
+
+- the key is a hash of the network's weights (after a LoRA is fused in), the stored precision, the
+  input shapes (batch left dynamic, so one entry serves every batch size), the calibration set (int8)
+  and the OpenVINO version; a second start with the same model reads the cached model in seconds;
+- an entry is written to a temp folder and renamed into place (``sdxs_core.files.replace_dir``), and
+  carries checksums of its files: an entry that fails them, or fails to load, is converted again.
+
+Precisions (``PRECISIONS``):
+
+- ``fp32``: the same arithmetic as torch fp32 (tested equal within 1e-4);
+- ``bf16``: fp32 weights, bf16 arithmetic, only on a CPU that has bf16 instructions;
+- ``int8``: U-Net and decoder quantised by NNCF (weights and activations, int8), calibrated on
+  ``CALIBRATION_SIZE`` U-Net inputs built from the model's own prompts (the caller passes them;
+  ``DEFAULT_CALIBRATION_PROMPTS`` otherwise) and seeds, and on the latents the fp32 U-Net makes from
+  them for the decoder. Operations left in float run in bf16 where the CPU has it, else fp32;
+- ``mixed``: int8 where it is safe (the decoder), bf16 (or fp32 without bf16) for the U-Net.
+
+A LoRA is fused into the U-Net's weights before conversion: a change of LoRA or of its scale converts
+the U-Net again (or finds it in the cache), and ``events`` says how long that took.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PRECISIONS = ("fp32", "bf16", "int8", "mixed")
+CALIBRATION_SIZE = 32  # (prompt, seed) pairs: U-Net inputs for int8 calibration, and as many decoder latents
+DEFAULT_CALIBRATION_PROMPTS = (
+    "a photo of an astronaut riding a horse", "a red car parked on a quiet street at night",
+    "a bowl of fruit on a wooden table", "a portrait of an old man with a grey beard",
+    "a mountain lake at sunrise, mist over the water", "a cat sleeping on a blue sofa",
+    "an oil painting of a lighthouse in a storm", "a bright green parrot in a tropical forest",
+)
+_FORMAT = 1  # bump when the layout of a cache entry changes
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _core():
+    """One OpenVINO runtime per process. Cached weights are read into memory, not memory-mapped: a
+    cache entry rewritten or damaged on disk later must not pull pages out from under a running model."""
+    import openvino as ov
+
+    core = ov.Core()
+    core.set_property({"ENABLE_MMAP": False})
+    return core
+
+
+def cpu_supports_bf16() -> bool:
+    """OpenVINO's own view: it lists BF16 among the CPU plugin's capabilities only where it has the
+    instructions (AVX512-BF16 or AMX); elsewhere bf16 would be emulated, slower than fp32."""
+    return available() and "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def default_precision() -> str:
+    """bf16 where the CPU has it (its quality drop on the miniature default is within the 1-point
+    bound: docs/backends.md), fp32 elsewhere."""
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def resolve_precision(precision: str | None) -> str:
+    if precision in (None, "auto"):
+        return default_precision()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of auto, {', '.join(PRECISIONS)}")
+    if precision == "bf16" and not cpu_supports_bf16():
+        raise ValueError("precision='bf16' needs a CPU with bf16 instructions (AVX512-BF16 or AMX); this one has "
+                         "none: use precision='fp32' (or 'int8' / 'mixed')")
+    return precision
+
+
+def default_cache_dir() -> Path:
+    """``$SDXS_CACHE_DIR/openvino``, else ``~/.cache/sdxs-studio/openvino`` (XDG_CACHE_HOME honoured)."""
+    if os.environ.get("SDXS_CACHE_DIR"):
+        return Path(os.environ["SDXS_CACHE_DIR"]) / "openvino"
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "sdxs-studio" / "openvino"
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes) and the module's config; a U-Net
+    whose LoRAs were unloaded hashes as it did before they were loaded."""
+    h = hashlib.sha256()
+    config = getattr(module, "config", None)
+    h.update(json.dumps(dict(config) if config is not None else {}, sort_keys=True, default=str).encode())
+    for name, tensor in module.state_dict().items():
+        if "lora_" in name:  # fused into the base weights already (``fused_unet``)
+            continue
+        name = name.replace(".base_layer.", ".")  # PEFT's wrapper, left behind when a LoRA is unloaded
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+        h.update(memoryview(raw.numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ConversionEvent:
+    """One network made ready: converted (``cached`` False) or read from the disk cache."""
+    network: str
+    precision: str
+    seconds: float
+    cached: bool
+    entry: str  # the cache folder's name
+
+    def __str__(self) -> str:
+        how = "read from the cache" if self.cached else "converted"
+        return f"OpenVINO {self.precision} {self.network}: {how} in {self.seconds:.1f} s"
+
+
+class _Network:
+    """One converted network: the IR on disk and its compiled forms by input shapes."""
+
+    def __init__(self, model, hint: str, threads: int):
+        self.model, self.hint, self.threads = model, hint, threads
+        self.compiled: dict[tuple, object] = {}
+
+    def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
+        shapes = tuple(a.shape for a in inputs)
+        compiled = self.compiled.get(shapes)
+        if compiled is None:
+            import openvino as ov
+
+            model = self.model.clone()
+            model.reshape({model.inputs[i]: ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
+            compiled = _core().compile_model(model, "CPU", {
+                "INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": self.threads})
+            self.compiled[shapes] = compiled
+        return compiled(inputs)[0]
+
+
+class OpenVINOBackend:
+    """Runs ``OneStepEngine``'s one-step U-Net and decoder in OpenVINO (see the module docstring)."""
+
+    name = "openvino"
+
+    def __init__(self, precision: str | None = "auto", cache_dir: str | os.PathLike | None = None,
+                 calibration_prompts: list[str] | None = None, calibration_size: int = CALIBRATION_SIZE,
+                 threads: int | None = None):
+        if not available():
+            raise ImportError("the OpenVINO backend needs the openvino package: pip install -r requirements.txt "
+                              "(or use backend='torch')")
+        self.precision = resolve_precision(precision)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if calibration_size < 1:
+            raise ValueError(f"calibration_size must be >= 1, got {calibration_size}")
+        self.calibration_prompts = list(calibration_prompts or DEFAULT_CALIBRATION_PROMPTS)
+        self.calibration_size = calibration_size
+        self.threads = threads or torch.get_num_threads()
+        self.float_hint = "bf16" if self.precision == "bf16" or (self.precision != "fp32" and cpu_supports_bf16()) \
+            else "f32"
+        self.events: list[ConversionEvent] = []
+        self._networks: dict[tuple, _Network] = {}
+        self._hashes: dict[str, str] = {}  # "unet" / "decoder" -> weights_hash, until a network changes
+        self._lock = threading.RLock()
+
+    @property
+    def label(self) -> str:
+        return f"openvino {self.precision}"
+
+    def _stored(self, network: str) -> str:
+        """The precision of the stored model: "int8" (quantised) or "fp32" (run at ``float_hint``)."""
+        quantised = self.precision == "int8" or (self.precision == "mixed" and network == "decoder")
+        return "int8" if quantised else "fp32"
+
+    def networks_changed(self) -> None:
+        """The engine changed a network (LoRA, its scale): the next call converts again (or reads the cache)."""
+        with self._lock:
+            self._networks.clear()
+            self._hashes.clear()
+
+    def _hash(self, engine, which: str) -> str:
+        if which not in self._hashes:
+            module = engine.vae if which == "decoder" else fused_unet(engine.unet, engine.loras)
+            self._hashes[which] = weights_hash(module)
+        return self._hashes[which]
+
+    # ---- the engine's calls ------------------------------------------------------------------------
+    def unet(self, engine, x, t, embeds, down=None, mid=None) -> torch.Tensor:
+        residuals = () if down is None else (mid, *down)
+        kind = "unet" if down is None else "unet+control"
+        net = self._network(engine, kind, (x, t, embeds, *residuals))
+        out = net([_np(x), _np(t), _np(embeds), *(_np(r) for r in residuals)])
+        return torch.from_numpy(out).to(x.dtype)
+
+    def decode(self, engine, latents) -> torch.Tensor:
+        net = self._network(engine, "decoder", (latents,))
+        return torch.from_numpy(net([_np(latents)]))
+
+    def prepare(self, engine, height: int | None = None, width: int | None = None) -> list[ConversionEvent]:
+        """Convert (or read) the U-Net and the decoder for one size now, so the first image does not wait."""
+        h, w = height or engine.default_size, width or engine.default_size
+        before = len(self.events)
+        x = engine.make_noise([0], h, w)
+        t = engine._one_step[0] if engine._one_step is not None else torch.tensor([999])
+        embeds = torch.zeros(1, engine.tokenizer.model_max_length, engine.unet.config.cross_attention_dim)
+        self._network(engine, "unet", (x, t, embeds))
+        if engine.controlnet is not None:
+            self._network(engine, "unet+control", (x, t, embeds, *self._control_residuals(engine, (x, t, embeds))))
+        self._network(engine, "decoder", (x,))
+        return self.events[before:]
+
+    # ---- conversion and cache --------------------------------------------------------------------------
+    def _network(self, engine, kind: str, example: tuple) -> _Network:
+        shapes = _dynamic_batch_shapes(kind, example)
+        mem_key = (kind, shapes)
+        with self._lock:
+            net = self._networks.get(mem_key)
+            if net is None:
+                start = time.perf_counter()
+                model, cached, entry = self._load_or_convert(engine, kind, example, shapes)
+                stored = self._stored("decoder" if kind == "decoder" else "unet")
+                net = _Network(model, "f32" if self.precision == "fp32" else self.float_hint, self.threads)
+                self._networks[mem_key] = net
+                runs_at = "int8" if stored == "int8" else "bf16" if net.hint == "bf16" else "fp32"
+                self.events.append(ConversionEvent(kind, runs_at,
+                                                   time.perf_counter() - start, cached, entry))
+            return net
+
+    def _module(self, engine, kind: str) -> torch.nn.Module:
+        from .graphs import _DecoderGraph, _UNetGraph
+
+        if kind == "decoder":
+            return _DecoderGraph(engine.vae).eval()
+        return _UNetGraph(fused_unet(engine.unet, engine.loras), kind == "unet+control").eval()
+
+    def _entry_key(self, engine, kind: str, shapes: tuple) -> str:
+        import openvino as ov
+
+        which = "decoder" if kind == "decoder" else "unet"
+        stored = self._stored(which)
+        parts = {"format": _FORMAT, "network": kind, "weights": self._hash(engine, which), "stored": stored,
+                 "shapes": shapes, "openvino": ov.get_version()}
+        if stored == "int8":
+            parts["calibration"] = [self.calibration_prompts, self.calibration_size]
+            if kind == "decoder":  # calibrated on the U-Net's latents: they depend on its weights too
+                parts["unet"] = self._hash(engine, "unet")
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def _load_or_convert(self, engine, kind: str, example: tuple, shapes: tuple):
+        entry = self.cache_dir / self._entry_key(engine, kind, shapes)
+        model = self._read_entry(entry)
+        if model is not None:
+            return model, True, entry.name
+        model = self._convert(engine, kind, self._module(engine, kind), example, shapes)
+        self._write_entry(entry, model, kind)
+        return model, False, entry.name
+
+    @staticmethod
+    def _read_entry(entry: Path):
+        """The cached model, or None when absent or damaged (then it is converted again)."""
+        meta_path = entry / "meta.json"
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            for name, digest in meta["files"].items():
+                if _file_sha256(entry / name) != digest:
+                    raise ValueError(f"{name} does not match its checksum")
+            return _core().read_model(str(entry / "model.xml"))
+        except Exception as e:  # a damaged entry costs a conversion, never a failed start
+            warnings.warn(f"OpenVINO cache entry {entry.name} is damaged ({type(e).__name__}: {e}); converting again",
+                          RuntimeWarning, stacklevel=5)
+            return None
+
+    def _write_entry(self, entry: Path, model, kind: str) -> None:
+        import openvino as ov
+
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
+        try:
+            ov.save_model(model, str(staged / "model.xml"), compress_to_fp16=False)
+            files = {n: _file_sha256(staged / n) for n in ("model.xml", "model.bin")}
+            meta = {"network": kind, "precision": self.precision, "files": files, "openvino": ov.get_version()}
+            (staged / "meta.json").write_text(json.dumps(meta, indent=2))
+            from .files import replace_dir
+
+            replace_dir(staged, entry)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+
+    def _convert(self, engine, kind: str, module: torch.nn.Module, example: tuple, shapes: tuple):
+        import openvino as ov
+
+        example = tuple(e.float() if e.is_floating_point() else e for e in example)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracing notes on shape asserts: the shapes are pinned below
+            model = ov.convert_model(module, example_input=example)
+        model.reshape({model.inputs[i]: ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
+        if self._stored("decoder" if kind == "decoder" else "unet") == "int8":
+            model = self._quantise(engine, kind, model)
+        return model
+
+    # ---- int8 -----------------------------------------------------------------------------------------
+    def calibration_inputs(self, engine, height: int, width: int) -> list[tuple[torch.Tensor, ...]]:
+        """``calibration_size`` U-Net inputs ``(x, t, embeds)``: prompt i mod len(prompts), seed i, as
+        ``generate`` builds them for a one-step image."""
+        t, init_sigma, c_in, _, _ = engine._one_step
+        prompts = [self.calibration_prompts[i % len(self.calibration_prompts)] for i in range(self.calibration_size)]
+        embeds = engine.encode_prompt(prompts).float()
+        noise = engine.make_noise(list(range(self.calibration_size)), height, width).float()
+        return [(noise[i:i + 1] * init_sigma * c_in, t, embeds[i:i + 1]) for i in range(self.calibration_size)]
+
+    def _quantise(self, engine, kind: str, model):
+        import nncf
+
+        if engine._one_step is None:
+            raise ValueError("int8 calibration needs the one-step scheduler path; use precision 'fp32' or 'bf16'")
+        shape = model.inputs[0].get_partial_shape()  # latents [N, C, h, w], for both networks
+        h, w = (shape[i].get_length() * engine.vae_scale_factor for i in (2, 3))
+        inputs = self.calibration_inputs(engine, h, w)
+        if kind == "decoder":
+            data = [_np(lat) for lat in self._calibration_latents(engine, inputs)]
+        elif kind == "unet":
+            data = [[_np(a) for a in item] for item in inputs]
+        else:
+            data = [[_np(a) for a in item] + [_np(r) for r in self._control_residuals(engine, item)]
+                    for item in inputs]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
+                                 model_type=None if kind == "decoder" else nncf.ModelType.TRANSFORMER)
+
+    @staticmethod
+    @torch.inference_mode()
+    def _calibration_latents(engine, inputs):
+        """What the decoder sees: the fp32 torch U-Net's one-step latents, scaled as ``engine.decode`` does."""
+        _, init_sigma, c_in, a, b = engine._one_step
+        unet = fused_unet(engine.unet, engine.loras)
+        out = []
+        for x_in, t, embeds in inputs:
+            x = x_in / c_in
+            pred = unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            out.append((a * x + b * pred) / engine.vae.config.scaling_factor)
+        return out
+
+    @staticmethod
+    @torch.inference_mode()
+    def _control_residuals(engine, item):
+        """ControlNet residuals for calibration, from a blank control image (the engine's ControlNet)."""
+        x, t, embeds = item
+        cond = torch.zeros(1, 3, x.shape[2] * engine.vae_scale_factor, x.shape[3] * engine.vae_scale_factor)
+        down, mid = engine.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=cond,
+                                      conditioning_scale=1.0, return_dict=False)
+        return (mid, *down)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    return (t.float() if t.is_floating_point() else t).contiguous().numpy()
+
+
+def _dynamic_batch_shapes(kind: str, example: tuple) -> tuple:
+    """Input shapes with the batch left dynamic (-1), except the timestep (shape [1])."""
+    return tuple(tuple(e.shape) if i == 1 and kind != "decoder" else (-1, *e.shape[1:])
+                 for i, e in enumerate(example))
+
+
+def fused_unet(unet: torch.nn.Module, loras: dict[str, float]) -> torch.nn.Module:
+    """``unet`` with its active LoRAs merged into the base weights (a copy; the engine's U-Net keeps its
+    adapters so they can still be re-scaled or removed). Without LoRAs, ``unet`` itself."""
+    if not loras:
+        return unet
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    fused = copy.deepcopy(unet)
+    with torch.no_grad():
+        for module in fused.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge(adapter_names=[n for n in loras if n in module.scaling])
+    return fused

@@ -1,0 +1,179 @@
+"""The OpenVINO backend against the torch engine on the tiny models: same images (fp32 within 1e-4,
+bf16 / int8 / mixed within the tolerances in docs/backends.md), ControlNet and LoRA paths, the disk
+cache (hit, damaged entry rebuilt), and the clean refusals."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sdxs_core import load_engine
+
+ov_backend = pytest.importorskip("sdxs_core.openvino_backend")
+if not ov_backend.available():
+    pytest.skip("openvino is not installed", allow_module_level=True)
+
+BF16 = ov_backend.cpu_supports_bf16()
+PROMPT = "a red circle"
+# max |difference| of images in [0, 1] against torch fp32 on the tiny random models (docs/backends.md)
+TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.08, "mixed": 0.08}
+
+
+def images(engine, **kwargs) -> np.ndarray:
+    return engine.generate(PROMPT, seed=3, num_images=2, output_type="np", **kwargs).images
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("ov-cache")
+
+
+@pytest.fixture(scope="module")
+def torch_engine(tiny_dir, tiny_controlnet_dir):
+    return load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu", backend="torch")
+
+
+@pytest.fixture(scope="module")
+def ov_fp32(tiny_dir, tiny_controlnet_dir, cache):
+    return load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu", backend="openvino", precision="fp32",
+                       cache_dir=cache)
+
+
+def test_fp32_equals_torch(torch_engine, ov_fp32):
+    assert ov_fp32.backend_label == "openvino fp32" and torch_engine.backend is None
+    ref, got = images(torch_engine), images(ov_fp32)
+    assert ref.std() > 0.01  # the images are not flat, so equality means something
+    assert np.abs(got - ref).max() < TOLERANCE["fp32"]
+
+
+def test_controlnet_residuals_are_graph_inputs(torch_engine, ov_fp32):
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[16:48, 16:48] = 255
+    ref, got = images(torch_engine, control_image=square), images(ov_fp32, control_image=square)
+    assert np.abs(got - ref).max() < TOLERANCE["fp32"]
+    assert np.abs(got - images(ov_fp32)).max() > 0.01  # the control image reached the U-Net
+    assert {e.network for e in ov_fp32.backend.events} >= {"unet", "unet+control", "decoder"}
+
+
+def test_second_load_reads_the_cache(tiny_dir, cache, ov_fp32):
+    again = load_engine(tiny_dir, device="cpu", backend="openvino", precision="fp32", cache_dir=cache)
+    assert [e.cached for e in again.backend.events] == [True, True]
+    assert np.abs(images(again) - images(ov_fp32)).max() < 1e-6
+
+
+def test_damaged_cache_entry_is_rebuilt(tiny_dir, tmp_path, cache, ov_fp32):
+    shutil.copytree(cache, tmp_path / "copy")
+    first = load_engine(tiny_dir, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path / "copy")
+    assert all(e.cached for e in first.backend.events)
+    bins = [tmp_path / "copy" / e.entry / "model.bin" for e in first.backend.events]
+    data = bins[0].read_bytes()
+    bins[0].unlink()
+    bins[0].write_bytes(data[: len(data) // 2])  # a half-written file, as after a crash
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        second = load_engine(tiny_dir, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path / "copy")
+    assert [e.cached for e in second.backend.events] == [False, True]
+    assert bins[0].read_bytes() == data  # rebuilt whole, to the same model
+    meta = json.loads((bins[0].parent / "meta.json").read_text())
+    assert set(meta["files"]) == {"model.xml", "model.bin"}
+    assert np.abs(images(second) - images(first)).max() < 1e-6
+
+
+def test_lora_is_fused_and_reconverted_on_change(tiny_dir, tiny_lora_file, cache):
+    ref = load_engine(tiny_dir, device="cpu", backend="torch", lora=tiny_lora_file)
+    ov = load_engine(tiny_dir, device="cpu", backend="openvino", precision="fp32", cache_dir=cache,
+                     lora=tiny_lora_file)
+    plain = load_engine(tiny_dir, device="cpu", backend="torch")
+    assert np.abs(images(ref) - images(plain)).max() > 0.01  # the LoRA changes the image
+    assert np.abs(images(ov) - images(ref)).max() < TOLERANCE["fp32"]
+    n = len(ov.backend.events)
+    for engine in (ref, ov):
+        engine.set_lora_scale("lora_0", 0.5)
+    new = ov.backend.events[n:]
+    assert [e.network for e in new] == ["unet", "decoder"] and not new[0].cached and new[0].seconds > 0
+    assert np.abs(images(ov) - images(ref)).max() < TOLERANCE["fp32"]
+    ov.unload_lora()
+    assert np.abs(images(ov) - images(plain)).max() < TOLERANCE["fp32"]
+    assert ov.backend.events[-2].cached  # back to the plain U-Net: its entry was already on disk
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8", "mixed"])
+def test_low_precision_within_tolerance(precision, tiny_dir, tiny_controlnet_dir, torch_engine, cache):
+    if precision == "bf16" and not BF16:
+        pytest.skip("this CPU has no bf16 instructions")
+    controlnet = tiny_controlnet_dir if precision == "bf16" else None  # int8 calibrates each network: keep it short
+    engine = load_engine(tiny_dir, controlnet=controlnet, device="cpu", backend="openvino", precision=precision,
+                         cache_dir=cache)
+    err = np.abs(images(engine) - images(torch_engine)).max()
+    assert 0 < err < TOLERANCE[precision]  # lower precision: close, and not secretly fp32
+    if precision != "bf16":
+        stored = {e.network: e.precision for e in engine.backend.events}
+        assert stored["decoder"] == "int8" and (stored["unet"] == "int8") == (precision == "int8")
+
+
+def test_bf16_refused_without_cpu_support(monkeypatch):
+    monkeypatch.setattr(ov_backend, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(ValueError, match="bf16 instructions"):
+        ov_backend.OpenVINOBackend(precision="bf16")
+    assert ov_backend.resolve_precision("auto") == "fp32"
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        ov_backend.resolve_precision("fp16")
+
+
+def test_auto_backend_picks_by_device_and_dtype(tiny_dir, cache):
+    from sdxs_core.loading import resolve_backend
+
+    cpu = torch.device("cpu")
+    assert resolve_backend("auto", cpu, torch.float32) == "openvino"
+    assert resolve_backend("auto", cpu, torch.bfloat16) == "torch"  # --dtype bf16 keeps torch
+    assert resolve_backend("auto", torch.device("cuda"), torch.float16) == "torch"
+    engine = load_engine(tiny_dir, device="cpu", dtype="bf16", backend="auto", cache_dir=cache)
+    assert engine.backend is None and engine.backend_label == "torch bf16"
+    assert engine.generate(PROMPT, seed=1, output_type="np").images.shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match="fp32 weights"):
+        load_engine(tiny_dir, device="cpu", dtype="bf16", backend="openvino")
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        load_engine(tiny_dir, device="cpu", backend="onnx")
+
+
+def test_absent_openvino_is_a_clear_error(monkeypatch, tiny_dir):
+    from sdxs_core.loading import resolve_backend
+
+    monkeypatch.setattr(ov_backend, "available", lambda: False)
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "torch"
+    with pytest.raises(ValueError, match="needs the openvino package"):
+        resolve_backend("openvino", torch.device("cpu"), torch.float32)
+
+
+def test_multi_step_teacher_stays_torch(ov_fp32, torch_engine):
+    kwargs = dict(num_inference_steps=2, guidance_scale=2.0)
+    assert np.abs(images(ov_fp32, **kwargs) - images(torch_engine, **kwargs)).max() < 1e-5
+
+
+def test_cli_backend_and_precision(tiny_dir, tmp_path, cache, ov_fp32, capsys):
+    from sdxs_core.cli import main
+
+    args = ["generate", "--model", str(tiny_dir), "--prompt", PROMPT, "--out", str(tmp_path / "x.png"), "--seed", "1"]
+    assert main([*args, "--backend", "openvino", "--precision", "fp32", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "openvino fp32" in out and "read from the cache" in out
+    assert main([*args, "--backend", "torch"]) == 0
+    assert "cpu, torch fp32" in capsys.readouterr().out
+
+
+def test_app_hub_shows_backend_and_lora_conversion_time(tiny_dir, tiny_lora_file, cache, ov_fp32, tmp_path):
+    from sdxs_core.hub import ModelHub
+
+    hub = ModelHub(search_dirs=[tmp_path], device="cpu", outputs=tmp_path, backend="openvino", precision="fp32",
+                   cache_dir=str(cache))
+    key = hub.register(str(tiny_dir))
+    notice = hub.load_model(key)
+    assert "openvino fp32" in notice and "read from its cache" in notice
+    assert "openvino fp32" in hub.status()
+    lora = hub.register(str(tiny_lora_file), kind="lora")
+    notice = hub.set_lora(lora, 0.7)
+    assert re.search(r"OpenVINO: unet converted in \d+\.\d s", notice), notice
+    failed = hub.set_lora("no-such-lora")
+    assert hub.lora_key == lora and "no-such-lora" in failed  # a failed switch keeps the LoRA
