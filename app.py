@@ -24,7 +24,6 @@ from sdxs_core.control import EXTRACTORS, sketch_to_control
 from sdxs_core.devices import serving_threads
 from sdxs_core.errors import SDXSError
 from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats, control_mismatch
-from sdxs_core.catalogue import STYLES
 from sdxs_core.hub import ModelHub, TextRequest, text_to_image
 from trainers.jobs.inputs import data_folders, resolve_data_folder, save_image_uploads, save_lora_upload
 from trainers.jobs.manager import JobManager, JobView
@@ -518,7 +517,7 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
                 with gr.Column(scale=2):
                     prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, placeholder="Describe the image")
                     with gr.Row():
-                        style = gr.Dropdown(list(STYLES), value="none", label="Style")
+                        style = gr.Dropdown(list(hub.styles()), value="none", label="Style")
                         num_images = gr.Slider(1, 8, value=4, step=1, label="Images")
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0)
@@ -596,7 +595,8 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
                    [sketch_out, sketch_info], trigger_mode="always_last", show_progress="hidden",
                    api_name="sketch", **engine_queue)
 
-        load.click(load_model, model, model_outputs, api_name="load_model")
+        load.click(load_model, model, model_outputs, api_name="load_model").then(  # styles are per family
+            lambda: gr.update(choices=list(hub.styles()), value="none"), None, style, api_visibility="private")
         rescan_btn.click(rescan, None, model_outputs, api_name="rescan")
         controlnet.input(lambda key: model_view(hub.set_controlnet(key)), controlnet, model_outputs,
                          api_name="set_controlnet")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .catalogue import (OUTPUTS, STYLES, TINY_NOTE, Entry, control_rank, control_type_of, discover, ensure_tiny_model,
-                        local_path, read_json)
+                        local_path, pipeline_entry, read_json, same_files, styles_for)
 from .devices import resolve_device, resolve_dtype
 from .errors import ModelUnavailableError, SDXSError
 from .fits import FAMILY_SHAPES, BaseShape, lora_fits
@@ -98,14 +98,27 @@ class ModelHub:
             return source
         path = Path(source).expanduser()
         resolved = str(path.resolve()) if path.exists() else source
-        control = control_type_of(path) if kind == "controlnet" and path.is_dir() else ""
-        entry = Entry(source, kind, resolved, f"{source} (command line)", "", control)
+        same = next((e for e in self.entries(kind) if same_files(e) == (kind, resolved)), None)
+        if same is not None:  # already offered under another key (a preset's name): one entry, the operator's pick
+            self._operator[(kind, same.key)] = same
+            return same.key
+        label = f"{source} (command line)"
+        if kind == "pipeline" and path.is_dir():
+            entry = pipeline_entry(source, Path(resolved), label)
+        else:
+            control = control_type_of(path) if kind == "controlnet" and path.is_dir() else ""
+            entry = Entry(source, kind, resolved, label, "", control)
         self._operator[(kind, source)] = entry
         self._entries[(kind, source)] = entry
         return source
 
     def entries(self, kind: str) -> list[Entry]:
         return [e for (k, _), e in self._entries.items() if k == kind]
+
+    def styles(self) -> tuple[str, ...]:
+        """The style presets that mean something to the loaded model (``catalogue.FAMILY_STYLES``)."""
+        entry = self.lookup("pipeline", self.model_key)
+        return styles_for(entry.family) if entry is not None else tuple(STYLES)
 
     @property
     def controlnet_control(self) -> str:
@@ -132,10 +145,18 @@ class ModelHub:
         return lora_fits(unet, str(path))
 
     def choices(self, kind: str) -> list[tuple[str, str]]:
-        """Dropdown (label, key) pairs: every model, or the adapters that fit the loaded base
-        (plus the active one, which the engine accepted even if its fit could not be judged)."""
+        """Dropdown (label, key) pairs: the one-step models, or the adapters that fit the loaded base
+        (plus the active one, which the engine accepted even if its fit could not be judged).
+
+        Multi-step teachers are left out rather than run with their steps: every tab of the app is a
+        one-step loop (text as you type, the live stream, the sketch pad), where a teacher draws a
+        noise smear, and at its steps with guidance it costs ~50 U-Net calls an image, which would stall
+        the live loop it shares. Teachers are inputs for training; the operator may still load one
+        from the command line."""
         entries = self.entries(kind)
-        if kind != "pipeline":
+        if kind == "pipeline":
+            entries = [e for e in entries if e.steps == 1 or e.key == self.model_key]
+        else:
             active = self.controlnet_key if kind == "controlnet" else self.lora_key
             entries = [e for e in entries if e.key == active or self.fits(e)]
         return [(e.label, e.key) for e in entries]
@@ -189,6 +210,9 @@ class ModelHub:
         entry = self.lookup("pipeline", key)
         if entry is None:
             return self._refused("model", key)
+        if entry.steps > 1 and ("pipeline", entry.key) not in self._operator:
+            return (f"**{entry.key}** is a multi-step teacher ({entry.steps} steps), not offered: the app runs one "
+                    "step, where a teacher draws a noise smear. Teachers are inputs for training." + self._still_using())
         try:
             engine = load_engine(entry.source, device=self.device, dtype=self.dtype, graphs=self.graphs,
                                  backend=self.backend, precision=self.precision, cache_dir=self.cache_dir)
@@ -199,6 +223,9 @@ class ModelHub:
         with self._lock.exclusive():
             previous_cn, previous_lora = self.controlnet_key, self.lora_key
             self.engine, self.model_key, self.controlnet_key, self.lora_key = engine, entry.key, None, None
+        if entry.steps > 1:  # the operator's own pick
+            self.notes.setdefault(entry.key, f"**{entry.key}** is a multi-step teacher ({entry.steps} steps) run in "
+                                             "one step here: expect a noise smear.")
         notice = (f"Loaded **{entry.key}** ({self.shape}, {engine.backend_label})."
                   + (" LoRA removed." if previous_lora else "") + _conversions(engine, 0))
         fitting = [k for _, k in self.choices("controlnet")]
@@ -297,6 +324,8 @@ def text_to_image(hub: ModelHub, request: TextRequest):
     """One-step text-to-image at the model's native size; returns the engine's ``GenerationOutput``."""
     if request.style not in STYLES:
         raise ValueError(f"unknown style {request.style!r}; choose one of {sorted(STYLES)}")
+    if request.style not in hub.styles():  # words its text encoder never learnt: a style in name only
+        raise ValueError(f"style {request.style!r} means nothing to the loaded model; choose one of {list(hub.styles())}")
     if not 1 <= request.num_images <= 16:
         raise ValueError(f"num_images must be between 1 and 16, got {request.num_images}")
     seed = secrets.randbelow(2**31) if request.randomize else request.seed

@@ -240,13 +240,13 @@ def live_frame(client, path, seed: int = 0, control: str = "canny"):
 
 
 def test_text_to_image_endpoint_shows_seeds_and_latency(client):
-    gallery, info = client.predict("a blue star", "watercolor", 7, False, 2, api_name="/generate")
+    gallery, info = client.predict("a blue star", "none", 7, False, 2, api_name="/generate")
     assert [item["caption"].split(" · ")[0] for item in gallery] == ["seed 7", "seed 8"]
     assert all(item["caption"].endswith(" ms") for item in gallery)
     assert "2 images in" in info and "ms/image" in info and "U-Net" in info
-    again, _ = client.predict("a blue star", "watercolor", 7, False, 2, api_name="/generate")
+    again, _ = client.predict("a blue star", "none", 7, False, 2, api_name="/generate")
     assert np.array_equal(pixels(gallery[0]["image"]), pixels(again[0]["image"]))
-    other, _ = client.predict("a blue star", "watercolor", 9, False, 1, api_name="/generate")
+    other, _ = client.predict("a blue star", "none", 9, False, 1, api_name="/generate")
     assert not np.array_equal(pixels(other[0]["image"]), pixels(gallery[0]["image"]))
 
 
