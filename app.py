@@ -52,6 +52,9 @@ CSS = """
   font-weight: var(--button-large-text-weight); font-size: var(--button-large-text-size); min-width: 12em;
   cursor: pointer; }
 #live-start:hover { background: var(--button-primary-background-fill-hover); }
+#live-save { border: 1px solid var(--border-color-primary); border-radius: var(--button-large-radius);
+  padding: var(--button-large-padding); background: var(--button-secondary-background-fill); cursor: pointer; }
+#live-save:disabled { opacity: 0.5; cursor: default; }
 #live-mirror { appearance: auto; accent-color: var(--color-accent); width: 1.1em; height: 1.1em; margin: 0 0.3em 0 0; }
 #live-readout { min-height: 3em; }
 #banner { border-left: 4px solid var(--color-accent); padding-left: 0.75em; }
@@ -64,14 +67,28 @@ MAX_UPLOAD = "64mb"  # per file, for every upload of the app (Gradio refuses lar
 
 # The Live tab's own markup: sdxs_core/live_client.js streams the webcam over a WebSocket
 # (sdxs_core/live_socket.py) and fills these elements; the settings are the Gradio controls below it.
-LIVE_HTML = """<div class="sdxs-live">
+def _placeholder(text: str) -> str:
+    """An image source that says what will appear there (an empty <img> shows a broken-image icon)."""
+    from urllib.parse import quote
+
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 200 200"><rect width="200" height="200" '
+           'fill="#8881"/><text x="100" y="104" font-family="sans-serif" font-size="12" fill="#888" '
+           f'text-anchor="middle">{text}</text></svg>')
+    return "data:image/svg+xml," + quote(svg)
+
+
+LIVE_HTML = f"""<div class="sdxs-live">
   <div class="sdxs-live-row">
-    <figure><figcaption>Webcam</figcaption><video id="live-webcam" autoplay muted playsinline></video></figure>
-    <figure id="live-out"><figcaption>Generated</figcaption><img alt="generated frame"></figure>
-    <figure id="live-control"><figcaption>Control map</figcaption><img alt="control map"></figure>
+    <figure><figcaption>Webcam</figcaption><video id="live-webcam" autoplay muted playsinline
+      poster="{_placeholder('Press Start webcam')}"></video></figure>
+    <figure id="live-out"><figcaption>Generated</figcaption><img alt="generated frame"
+      src="{_placeholder('Generated frames appear here')}"></figure>
+    <figure id="live-control"><figcaption>Control map</figcaption><img alt="control map"
+      src="{_placeholder('The control map appears here')}"></figure>
   </div>
   <div class="sdxs-live-bar">
     <button id="live-start">Start webcam</button>
+    <button id="live-save" disabled title="Download the generated frame on screen">Save frame</button>
     <label><input type="checkbox" id="live-mirror" checked> Mirror</label>
   </div>
   <div id="live-readout">Press Start webcam: FPS and latency appear here.</div>

@@ -50,6 +50,8 @@ def frame_message(frame_id, image: bytes, **settings) -> bytes:
 def reply(ws):
     """The next reply: (header, output pixels, control pixels) for a frame, (message, None, None) otherwise."""
     message = ws.receive()
+    while message.get("text") == '{"type":"ping"}':  # the heartbeat, whenever a test is slow
+        message = ws.receive()
     if message.get("text") is not None:
         return json.loads(message["text"]), None, None
     header, payload = unpack(message["bytes"])
@@ -178,6 +180,35 @@ def test_a_full_server_refuses_with_try_again_and_a_waiting_user_gets_in(hub):
     with client.websocket_connect(LIVE_PATH) as retry:
         assert json.loads(retry.receive_text())["type"] == "hello"  # the slot was freed
     assert gate.active == 0
+
+
+def test_idle_streams_lose_their_slot_and_a_waiting_client_gets_in(hub):
+    """Two open but silent sockets (background tabs, scripts) cannot hold the Live tab: each is
+    pinged, then closed once idle, and a third client that was turned away gets a slot on retry."""
+    import time
+
+    gate = LiveGate(slots=2, idle_s=0.6, heartbeat_s=0.15)
+    client = client_for(hub, gate)
+    with client.websocket_connect(LIVE_PATH) as a, client.websocket_connect(LIVE_PATH) as b:
+        a.receive_text(), b.receive_text()
+        a.send_bytes(frame_message(1, jpeg_square(10)))  # one frame, then silence
+        assert reply(a)[0]["type"] == "frame"
+        with client.websocket_connect(LIVE_PATH) as third:
+            with pytest.raises(WebSocketDisconnect) as refused:
+                third.receive_text()
+        assert refused.value.code == live_socket.CLOSE_TRY_AGAIN
+        for idle in (a, b):
+            messages = []
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    messages.append(idle.receive_text())
+            assert closed.value.code == live_socket.CLOSE_IDLE and "slot was released" in closed.value.reason
+            assert '{"type":"ping"}' in messages  # the heartbeat ran while it idled
+        deadline = time.monotonic() + 30  # only a guard against hanging: the slots are already free
+        while gate.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with client.websocket_connect(LIVE_PATH) as third:
+            assert json.loads(third.receive_text())["type"] == "hello"
 
 
 def test_gate_turns():
