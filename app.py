@@ -19,7 +19,7 @@ import gradio as gr
 import torch
 import yaml
 
-from sdxs_core import live_socket
+from sdxs_core import access, live_socket
 from sdxs_core.control import EXTRACTORS, sketch_to_control
 from sdxs_core.devices import serving_threads
 from sdxs_core.errors import SDXSError
@@ -399,8 +399,11 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
         return f"Job **#{job.id}** {job.state}" + (": stopping after its next step (a checkpoint first)."
                                                    if action == jobs.manager.cancel and job.state == "running" else ".")
 
-    def apply(job_id):
+    def apply(job_id, request: gr.Request = None):
         """Use now: the job's result becomes the app's LoRA or ControlNet (Text to image and Live)."""
+        refused = access.refusal(request, "switch the app's LoRA or ControlNet")
+        if refused:
+            return model_view(refused)
         if job_id is None:
             return model_view("Pick a finished job first.")
         view = jobs.manager.view(int(job_id))
@@ -519,8 +522,22 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
                 gr.update(choices=[("none", "none"), *hub.choices("lora")], value=hub.lora_key or "none"),
                 catalogue(hub))
 
-    def load_model(key):
-        return model_view(hub.load_model(key))
+    # switching the engine changes the app for every user: only the operator may (sdxs_core.access)
+    def load_model(key, request: gr.Request = None):
+        return model_view(access.refusal(request, "switch the model") or hub.load_model(key))
+
+    def set_controlnet(key, request: gr.Request = None):
+        return model_view(access.refusal(request, "switch the ControlNet") or hub.set_controlnet(key))
+
+    def set_lora(key, scale, request: gr.Request = None):
+        return model_view(access.refusal(request, "switch the LoRA") or hub.set_lora(key, scale))
+
+    def set_lora_scale(scale, request: gr.Request = None):
+        refused = access.refusal(request, "change the LoRA scale")
+        if refused:
+            gr.Warning(refused)
+        else:
+            hub.set_lora_scale(scale)
 
     def rescan():
         hub.rescan()
@@ -600,10 +617,10 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         gr.on([style.input, seed.input, randomize.input, num_images.release], generate, t2i_inputs,
               [gallery, t2i_info], trigger_mode="always_last", show_progress="minimal",
               api_visibility="private", **engine_queue)
-        lora.input(lambda key, scale: model_view(hub.set_lora(key, scale)), [lora, lora_scale], model_outputs,
+        lora.input(set_lora, [lora, lora_scale], model_outputs,
                    api_name="set_lora").then(generate, t2i_inputs, [gallery, t2i_info], api_visibility="private",
                                               **engine_queue)
-        lora_scale.release(hub.set_lora_scale, lora_scale, None, api_visibility="private").then(
+        lora_scale.release(set_lora_scale, lora_scale, None, api_visibility="private").then(
             generate, t2i_inputs, [gallery, t2i_info], api_visibility="private", **engine_queue)
 
         api_button.click(live, [api_frame, live_prompt, control_type, strength, live_seed, live_state],
@@ -615,7 +632,7 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
 
         load.click(load_model, model, model_outputs, api_name="load_model")
         rescan_btn.click(rescan, None, model_outputs, api_name="rescan")
-        controlnet.input(lambda key: model_view(hub.set_controlnet(key)), controlnet, model_outputs,
+        controlnet.input(set_controlnet, controlnet, model_outputs,
                          api_name="set_controlnet")
         demo.load(model_view, None, model_outputs, api_visibility="private").then(
             generate, t2i_inputs, [gallery, t2i_info], api_visibility="private", **engine_queue)
@@ -632,6 +649,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (use HTTPS for webcams)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
+    parser.add_argument("--auth", action="append", metavar="USER:PASS",
+                        help="require a login (repeatable); logged-in users may switch the model, ControlNet and "
+                             "LoRA, which otherwise only a request from this machine may")
     parser.add_argument("--ssl-certfile", default=None)
     parser.add_argument("--ssl-keyfile", default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -658,6 +678,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--threads must be >= 1")
     if args.train_threads is not None and args.train_threads < 1:
         parser.error("--train-threads must be >= 1")
+    try:
+        args.auth = access.parse_auth(args.auth)
+    except ValueError as e:
+        parser.error(str(e))
     if args.data_root is not None and not Path(args.data_root).is_dir():
         parser.error(f"--data-root {args.data_root!r} is not a folder")
     return args
@@ -678,7 +702,7 @@ def main(argv=None) -> None:
         jobs = TrainJobs(manager, hub, Path(args.data_root) if args.data_root else None)
     demo = build_demo(hub, jobs)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, auth=args.auth,
                 ssl_verify=not args.ssl_certfile,  # an operator's own certificate is usually self-signed
                 **launch_options(hub))
 
