@@ -19,7 +19,7 @@ import gradio as gr
 import torch
 import yaml
 
-from sdxs_core import access, live_socket
+from sdxs_core import access, limits, live_socket
 from sdxs_core.control import EXTRACTORS, sketch_to_control
 from sdxs_core.devices import serving_threads
 from sdxs_core.errors import SDXSError
@@ -62,7 +62,6 @@ CSS = """
 #train-progress progress { width: 100%; height: 1.2em; accent-color: var(--color-accent); }
 """
 MAX_PLOT_POINTS = 500  # per loss curve
-MAX_UPLOAD = "64mb"  # per file, for every upload of the app (Gradio refuses larger ones)
 
 
 # The Live tab's own markup: sdxs_core/live_client.js streams the webcam over a WebSocket
@@ -95,13 +94,17 @@ LIVE_HTML = f"""<div class="sdxs-live">
 </div>"""
 
 
-def launch_options(hub: ModelHub) -> dict:
+def launch_options(hub: ModelHub, train: bool = False) -> dict:
     """``launch`` arguments beyond host and port: theme and CSS (Gradio 6 takes them here; system
-    fonts, so nothing is fetched), the upload limit and the live loop's WebSocket route."""
+    fonts, so nothing is fetched), the upload limit (larger with the Train tab, whose LoRA files and
+    datasets have their own limits) and the live loop's WebSocket route. Also makes image decoding
+    refuse images over ``limits.MAX_IMAGE_SIDE`` squared pixels, as Gradio decodes uploads first."""
+    limits.guard_decoders()
     theme = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])
     gate = live_socket.LiveGate(slots=LIVE_STREAMS, turn_s=LIVE_TURN_S)
-    return {"theme": theme, "css": CSS, "max_file_size": MAX_UPLOAD,
+    max_mb = limits.TRAIN_UPLOAD_MB if train else limits.MAX_UPLOAD_MB
+    return {"theme": theme, "css": CSS, "max_file_size": f"{max_mb}mb",
             "app_kwargs": {"routes": live_socket.live_routes(hub, gate)}}
 
 
@@ -487,6 +490,7 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         if frame is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
+            limits.check_image(frame, "Frame")
             params = LiveParams(prompt or "", control_type, float(strength), int(seed or 0))
             result = run_live(session, frame, params)
         except (SDXSError, ValueError) as e:
@@ -500,6 +504,10 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
                  **asdict(stats)})
 
     def sketch(canvas, prompt, strength, seed, session: LiveSession):
+        try:
+            limits.check_image((canvas or {}).get("composite") if isinstance(canvas, dict) else canvas, "Sketch")
+        except limits.ImageLimitError as e:
+            return gr.skip(), f"⚠️ {e}"
         control = sketch_to_control(canvas)
         if control is None:
             return gr.skip(), "Draw on the pad: every stroke regenerates."
@@ -696,6 +704,7 @@ def main(argv=None) -> None:
                    extra=manager.artefacts if manager else None)
     notice = hub.start(args.model or hub.default_model(), controlnet=args.controlnet)
     print(notice.replace("**", ""))
+    limits.CacheJanitor(limits.private_cache_dir()).start()  # before any component: Gradio reads the folder then
     jobs = None
     if manager is not None:
         manager.start_scheduler()  # marks jobs of a previous run interrupted, then runs the queue
@@ -704,7 +713,7 @@ def main(argv=None) -> None:
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, auth=args.auth,
                 ssl_verify=not args.ssl_certfile,  # an operator's own certificate is usually self-signed
-                **launch_options(hub))
+                **launch_options(hub, train=jobs is not None))
 
 
 if __name__ == "__main__":

@@ -70,3 +70,15 @@ def test_a_remote_client_cannot_switch_what_everyone_uses(served):
     assert "detached" in banner and hub.controlnet_key is None
     banner, *_ = local.predict(before[1], api_name="/set_controlnet")
     assert hub.controlnet_key == before[1]
+
+
+def test_an_oversized_frame_is_refused_by_name(served, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    _, url = served
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (4100, 8)).save(path)
+    _, _, readout, _ = Client(url, verbose=False).predict(handle_file(str(path)), "a", "canny", 1.0, 0,
+                                                          api_name="/live_frame")
+    assert "Frame: the image is 4100x8 px; at most 4096 px a side" in readout
