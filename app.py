@@ -94,7 +94,11 @@ LIVE_HTML = f"""<div class="sdxs-live">
 </div>"""
 
 
-def launch_options(hub: ModelHub, train: bool = False) -> dict:
+def live_gate() -> live_socket.LiveGate:
+    return live_socket.LiveGate(slots=LIVE_STREAMS, turn_s=LIVE_TURN_S)
+
+
+def launch_options(hub: ModelHub, train: bool = False, gate: live_socket.LiveGate | None = None) -> dict:
     """``launch`` arguments beyond host and port: theme and CSS (Gradio 6 takes them here; system
     fonts, so nothing is fetched), the upload limit (larger with the Train tab, whose LoRA files and
     datasets have their own limits) and the live loop's WebSocket route. Also makes image decoding
@@ -102,7 +106,7 @@ def launch_options(hub: ModelHub, train: bool = False) -> dict:
     limits.guard_decoders()
     theme = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])
-    gate = live_socket.LiveGate(slots=LIVE_STREAMS, turn_s=LIVE_TURN_S)
+    gate = gate or live_gate()
     max_mb = limits.TRAIN_UPLOAD_MB if train else limits.MAX_UPLOAD_MB
     return {"theme": theme, "css": CSS, "max_file_size": f"{max_mb}mb",
             "app_kwargs": {"routes": live_socket.live_routes(hub, gate)}}

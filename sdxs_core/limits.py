@@ -70,8 +70,8 @@ class CacheJanitor:
     folder: Path
     max_files: int = 400
     max_mb: float = 256.0
-    min_age_s: float = 30.0
-    every_s: float = 10.0
+    min_age_s: float = 10.0
+    every_s: float = 5.0
 
     def __post_init__(self):
         self.folder = Path(self.folder)
