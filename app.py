@@ -32,12 +32,12 @@ from trainers.jobs.plan import CONTROL_TYPES, TRAIN_TEACHER, JobError, JobReques
 
 DEFAULT_PROMPT = "a red heart above a blue star on a white background"
 LIVE_STREAMS = 2  # webcams served at once; a third page retries until a slot frees
+SKETCH_PADS = 8  # sketch pads served at once (a pad sends only while its pen moves)
 LIVE_TURN_S = 300  # a stream keeps its slot this long at least, longer while nobody else waits
 ENGINE_SLOTS = 2  # concurrent request/response generations (text, sketch, API), apart from streams
 IMAGE_HEIGHT = 400  # px; small models' frames (64x64) are scaled up to this
 CSS = """
-#live-readout, #t2i-info, #sketch-info { font-variant-numeric: tabular-nums; }
-#sketch-out img { width: 100%; height: 100%; object-fit: contain; }
+#live-readout, #t2i-info { font-variant-numeric: tabular-nums; }
 .sdxs-live-row { display: flex; gap: 0.75em; }
 .sdxs-live-row figure { flex: 1; margin: 0; min-width: 0; }
 .sdxs-live-row figcaption { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
@@ -46,6 +46,14 @@ CSS = """
   border-radius: var(--radius-lg); display: block; }
 .sdxs-live-row video { object-fit: cover; }
 .sdxs-live-row video.mirrored { transform: scaleX(-1); }
+#sketch-canvas { width: 100%; aspect-ratio: 1; display: block; touch-action: none; cursor: crosshair;
+  border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); background: #fff; }
+#sketch-gen img { width: 100%; aspect-ratio: 1; object-fit: contain; display: block; image-rendering: auto;
+  background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
+  border-radius: var(--radius-lg); }
+#sketch-clear { border: 1px solid var(--border-color-primary); border-radius: var(--button-large-radius);
+  padding: var(--button-large-padding); background: var(--button-secondary-background-fill); cursor: pointer; }
+#sketch-readout { min-height: 1.5em; font-variant-numeric: tabular-nums; }
 .sdxs-live-bar { display: flex; gap: 1em; align-items: center; margin: 0.6em 0; }
 #live-start { background: var(--button-primary-background-fill); color: var(--button-primary-text-color);
   border: none; border-radius: var(--button-large-radius); padding: var(--button-large-padding);
@@ -92,6 +100,17 @@ LIVE_HTML = f"""<div class="sdxs-live">
   </div>
   <div id="live-readout">Press Start webcam: FPS and latency appear here.</div>
 </div>"""
+SKETCH_PLACEHOLDER = _placeholder("Draw on the left: the image appears here")
+SKETCH_HTML = f"""<div class="sdxs-sketch">
+  <div class="sdxs-live-row">
+    <figure><figcaption>Draw (black on white)</figcaption><canvas id="sketch-canvas" width="512"
+      height="512"></canvas></figure>
+    <figure id="sketch-gen"><figcaption>Generated</figcaption><img alt="generated image"
+      src="{SKETCH_PLACEHOLDER}" data-placeholder="{SKETCH_PLACEHOLDER}"></figure>
+  </div>
+  <div class="sdxs-live-bar"><button id="sketch-clear">Clear</button><span id="sketch-busy"></span></div>
+  <div id="sketch-readout">Draw on the pad: every stroke regenerates.</div>
+</div>"""
 
 
 def live_gate() -> live_socket.LiveGate:
@@ -107,9 +126,12 @@ def launch_options(hub: ModelHub, train: bool = False, gate: live_socket.LiveGat
     theme = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])
     gate = gate or live_gate()
+    sketch_gate = live_socket.LiveGate(slots=SKETCH_PADS, turn_s=LIVE_TURN_S)
     max_mb = limits.TRAIN_UPLOAD_MB if train else limits.MAX_UPLOAD_MB
     return {"theme": theme, "css": CSS, "max_file_size": f"{max_mb}mb",
-            "app_kwargs": {"routes": live_socket.live_routes(hub, gate)}}
+            "app_kwargs": {"routes": live_socket.live_routes(hub, gate)
+                           + live_socket.live_routes(hub, sketch_gate, live_socket.SKETCH_PATH,
+                                                      static_threshold=0.0)}}
 
 
 # ---- text shown to the user ---------------------------------------------------------------------
@@ -593,17 +615,18 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
             live_state = gr.State(LiveSession())
 
         with gr.Tab("Sketch"):
+            # the pad is sdxs_core/sketch_client.js over the sketch WebSocket; the hidden Gradio pad
+            # below serves /sketch for API clients
+            gr.HTML(html_template=SKETCH_HTML, js_on_load=live_socket.sketch_js(), apply_default_css=False,
+                    elem_id="sketch-view")
+            pad = gr.Sketchpad(type="numpy", canvas_size=(512, 512), visible=False)
+            sketch_out = gr.Image(format="jpeg", visible=False)
+            sketch_info = gr.Markdown(visible=False)
             with gr.Row():
-                pad = gr.Sketchpad(type="numpy", canvas_size=(512, 512), label="Draw (black on white)",
-                                   brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"),
-                                   layers=False, transforms=(), height=IMAGE_HEIGHT, elem_id="sketch-pad")
-                sketch_out = gr.Image(label="Generated", format="jpeg", interactive=False, height=IMAGE_HEIGHT,
-                                      elem_id="sketch-out")
-            sketch_info = gr.Markdown("Draw on the pad: every stroke regenerates.", elem_id="sketch-info")
-            with gr.Row():
-                sketch_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3)
-                sketch_strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Sketch strength")
-                sketch_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                sketch_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="sketch-prompt")
+                sketch_strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Sketch strength",
+                                            elem_id="sketch-strength")
+                sketch_seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="sketch-seed")
             sketch_state = gr.State(LiveSession())
 
         with gr.Tab("Models"):

@@ -53,12 +53,14 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import SDXSError
-from .stream import LiveParams, LiveSession, control_mismatch
+from .stream import STATIC_THRESHOLD, LiveParams, LiveSession, control_mismatch
 
 log = logging.getLogger(__name__)
 
 LIVE_PATH = "/sdxs/live"
+SKETCH_PATH = "/sdxs/sketch"  # the Sketch tab's pad: the same protocol, its drawing sent as the control map
 CLIENT_JS = Path(__file__).with_name("live_client.js")
+SKETCH_JS = Path(__file__).with_name("sketch_client.js")
 MAX_IN_FLIGHT = 2  # one frame generating, one waiting: the server is never idle, the wait never grows
 MAX_FRAME_BYTES = 8 << 20
 MAX_HEADER_BYTES = 64 << 10
@@ -196,9 +198,10 @@ class LiveConnection:
     """One WebSocket's stream: reads frames, runs each through this connection's ``LiveSession``
     in a worker thread, sends results (or drops / errors) back tagged with the frame's id."""
 
-    def __init__(self, hub, websocket: WebSocket, gate: LiveGate, ticket: int):
+    def __init__(self, hub, websocket: WebSocket, gate: LiveGate, ticket: int,
+                 static_threshold: float = STATIC_THRESHOLD):
         self.hub, self.ws, self.gate, self.ticket = hub, websocket, gate, ticket
-        self.session = LiveSession()
+        self.session = LiveSession(static_threshold)
         self.pending: set[asyncio.Task] = set()
         self.last_active = time.monotonic()  # the newest frame received or answered
 
@@ -317,8 +320,11 @@ class LiveConnection:
         return pack(header, image, control)
 
 
-def live_routes(hub, gate: LiveGate | None = None, path: str = LIVE_PATH) -> list[WebSocketRoute]:
-    """The routes to serve beside the Gradio app (``launch(app_kwargs={"routes": ...})``)."""
+def live_routes(hub, gate: LiveGate | None = None, path: str = LIVE_PATH,
+                static_threshold: float = STATIC_THRESHOLD) -> list[WebSocketRoute]:
+    """The routes to serve beside the Gradio app (``launch(app_kwargs={"routes": ...})``).
+    ``static_threshold`` 0 generates every frame (a sketch pad sends only changes, and a short new
+    stroke must not be answered with the previous image as a webcam's noise would)."""
     gate = gate or LiveGate()
 
     async def endpoint(websocket: WebSocket) -> None:
@@ -331,7 +337,7 @@ def live_routes(hub, gate: LiveGate | None = None, path: str = LIVE_PATH) -> lis
             await websocket.close(CLOSE_TRY_AGAIN, f"all {gate.slots} live slots are in use; retrying")
             return
         try:
-            await LiveConnection(hub, websocket, gate, ticket).run()
+            await LiveConnection(hub, websocket, gate, ticket, static_threshold).run()
         except WebSocketDisconnect:
             pass
         finally:
@@ -343,3 +349,8 @@ def live_routes(hub, gate: LiveGate | None = None, path: str = LIVE_PATH) -> lis
 def client_js() -> str:
     """The browser half, run by the Live tab's ``gr.HTML(js_on_load=...)``."""
     return CLIENT_JS.read_text()
+
+
+def sketch_js() -> str:
+    """The Sketch tab's pad (``SKETCH_PATH``), run by its ``gr.HTML(js_on_load=...)``."""
+    return SKETCH_JS.read_text()
