@@ -252,3 +252,16 @@ def test_a_failing_generation_is_answered_and_logged_not_left_hanging(hub, monke
         monkeypatch.undo()
         ws.send_bytes(frame_message(2, jpeg_square(10)))
         assert reply(ws)[0]["type"] == "frame"  # the stream survives
+
+
+def test_a_sketch_route_generates_every_change(hub):
+    """The sketch pad's socket (static threshold 0): a short new stroke is generated, never answered
+    with the previous image as a webcam's sensor noise would be."""
+    client = TestClient(Starlette(routes=live_routes(hub, LiveGate(slots=2), live_socket.SKETCH_PATH,
+                                                     static_threshold=0.0)))
+    with client.websocket_connect(live_socket.SKETCH_PATH) as ws:
+        ws.receive_text()
+        for i in range(2):
+            ws.send_bytes(frame_message(i, jpeg_square(10), control_type="none"))
+            header, _, _ = reply(ws)
+            assert header["type"] == "frame" and header["reused"] is False
