@@ -103,10 +103,6 @@ class GraphCache:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._graphs.clear()
-
     def controlnet(self, controlnet, x, t, embeds, control, scale: float, state: tuple = ()):
         """``(down_residuals, mid_residual)`` as the eager ControlNet returns them."""
         n = x.shape[0]
