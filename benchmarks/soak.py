@@ -9,8 +9,8 @@ janitor, upload limits, live gate), then driven by: ``--clients`` gradio_client 
 /generate with 1-8 images and fresh seeds; a switcher that every ``--switch-s`` seconds moves the
 LoRA scale (through /set_lora) and switches the ControlNet (through /set_controlnet) from
 localhost, as the operator would; two live WebSocket streams sending webcam-like frames. RSS is
-sampled once a second; ``rss_mb_after_warmup`` is taken after ``--warmup-s`` (every switch state
-and batch size seen once). After the load, the two streams go silent while a third client keeps
+sampled once a second; ``rss_mb_after_warmup`` is taken after ``--warmup-s`` (by default the
+switcher's whole cycle: every LoRA scale with every ControlNet, so every graph has been traced). After the load, the two streams go silent while a third client keeps
 retrying: ``idle_slot_reclaimed_s`` is how long it waited for a slot (the gate's idle timeout
 bounds it).
 """
@@ -234,7 +234,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--clients", type=int, default=8, help="text-to-image API clients")
     parser.add_argument("--switch-s", type=float, default=30.0, help="seconds between LoRA / ControlNet switches")
     parser.add_argument("--warmup-s", type=float, default=None,
-                        help="seconds before the RSS baseline (default: 3 switch periods, at most a third of the run)")
+                        help="seconds before the RSS baseline (default: 6 switch periods, every LoRA scale and "
+                             "ControlNet pairing once, at most a third of the run)")
     parser.add_argument("--model", default=None, help="preset or folder (default: what the app opens with)")
     parser.add_argument("--search-dir", action="append", type=Path, default=None,
                         help="folders to offer models, ControlNets and LoRAs from (default: outputs/ and assets/)")
@@ -244,7 +245,7 @@ def main(argv=None) -> dict:
     if args.minutes <= 0 or args.clients < 1 or args.switch_s <= 0:
         parser.error("--minutes and --switch-s must be > 0, --clients >= 1")
     if args.warmup_s is None:
-        args.warmup_s = min(3 * args.switch_s, args.minutes * 60 / 3)
+        args.warmup_s = min(6 * args.switch_s, args.minutes * 60 / 3)
 
     import torch
 

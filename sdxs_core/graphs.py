@@ -89,10 +89,12 @@ def _signature(tensors) -> tuple:
 
 
 class GraphCache:
-    """Traced graphs by (network, weight state, input shapes, dtypes, device); the least recently used
-    are dropped, and at most ``trace_budget`` traces are ever made (see the module's docstring)."""
+    """Traced graphs by (network, weight state, input shapes, dtypes, device); at most
+    ``trace_budget`` traces are ever made (see the module's docstring). Past ``capacity`` the least
+    recently used are dropped; it defaults to the budget, because re-tracing a dropped graph costs
+    memory that is never given back, while keeping it costs only its weights."""
 
-    def __init__(self, capacity: int = 24, trace_budget: int = 64):
+    def __init__(self, capacity: int = 64, trace_budget: int = 64):
         self.capacity, self.trace_budget = capacity, trace_budget
         # key -> (graph or None, the network): holding the network keeps its id() from being reused
         self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
