@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
             page.wait_for_selector("#t2i-info p")
             page.get_by_role("tab", name="Sketch").click()
             box = page.locator("#sketch-canvas").bounding_box()
-            for k in range(args.strokes + 1):  # the first stroke opens the socket: not counted
+            for k in range(args.strokes + 2):  # two warm-up strokes: the socket opens, the graphs trace
                 x0, y0 = box["x"] + 40 + (k * 23) % 300, box["y"] + 40 + (k * 37) % 300
                 page.mouse.move(x0, y0)
                 page.mouse.down()
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
                 time.sleep(1.0)  # every answer is in
                 ms = page.evaluate("document.querySelector('[data-stroke-ms]')?.dataset.strokeMs")
                 text = page.locator("#sketch-readout").inner_text()
-                if k and ms:
+                if k >= 2 and ms:
                     latencies.append(float(ms))
                     server_ms.append(float(text.split("server ")[1].split(" ms")[0]))
             browser.close()
