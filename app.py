@@ -19,7 +19,7 @@ import gradio as gr
 import torch
 import yaml
 
-from sdxs_core import live_socket
+from sdxs_core import access, limits, live_socket
 from sdxs_core.control import EXTRACTORS, sketch_to_control
 from sdxs_core.devices import serving_threads
 from sdxs_core.errors import SDXSError
@@ -31,12 +31,12 @@ from trainers.jobs.plan import CONTROL_TYPES, TRAIN_TEACHER, JobError, JobReques
 
 DEFAULT_PROMPT = "a red heart above a blue star on a white background"
 LIVE_STREAMS = 2  # webcams served at once; a third page retries until a slot frees
+SKETCH_PADS = 8  # sketch pads served at once (a pad sends only while its pen moves)
 LIVE_TURN_S = 300  # a stream keeps its slot this long at least, longer while nobody else waits
 ENGINE_SLOTS = 2  # concurrent request/response generations (text, sketch, API), apart from streams
 IMAGE_HEIGHT = 400  # px; small models' frames (64x64) are scaled up to this
 CSS = """
-#live-readout, #t2i-info, #sketch-info { font-variant-numeric: tabular-nums; }
-#sketch-out img { width: 100%; height: 100%; object-fit: contain; }
+#live-readout, #t2i-info { font-variant-numeric: tabular-nums; }
 .sdxs-live-row { display: flex; gap: 0.75em; }
 .sdxs-live-row figure { flex: 1; margin: 0; min-width: 0; }
 .sdxs-live-row figcaption { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
@@ -45,12 +45,23 @@ CSS = """
   border-radius: var(--radius-lg); display: block; }
 .sdxs-live-row video { object-fit: cover; }
 .sdxs-live-row video.mirrored { transform: scaleX(-1); }
+#sketch-canvas { width: 100%; aspect-ratio: 1; display: block; touch-action: none; cursor: crosshair;
+  border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); background: #fff; }
+#sketch-gen img { width: 100%; aspect-ratio: 1; object-fit: contain; display: block; image-rendering: auto;
+  background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
+  border-radius: var(--radius-lg); }
+#sketch-clear { border: 1px solid var(--border-color-primary); border-radius: var(--button-large-radius);
+  padding: var(--button-large-padding); background: var(--button-secondary-background-fill); cursor: pointer; }
+#sketch-readout { min-height: 1.5em; font-variant-numeric: tabular-nums; }
 .sdxs-live-bar { display: flex; gap: 1em; align-items: center; margin: 0.6em 0; }
 #live-start { background: var(--button-primary-background-fill); color: var(--button-primary-text-color);
   border: none; border-radius: var(--button-large-radius); padding: var(--button-large-padding);
   font-weight: var(--button-large-text-weight); font-size: var(--button-large-text-size); min-width: 12em;
   cursor: pointer; }
 #live-start:hover { background: var(--button-primary-background-fill-hover); }
+#live-save { border: 1px solid var(--border-color-primary); border-radius: var(--button-large-radius);
+  padding: var(--button-large-padding); background: var(--button-secondary-background-fill); cursor: pointer; }
+#live-save:disabled { opacity: 0.5; cursor: default; }
 #live-mirror { appearance: auto; accent-color: var(--color-accent); width: 1.1em; height: 1.1em; margin: 0 0.3em 0 0; }
 #live-readout { min-height: 3em; }
 #banner { border-left: 4px solid var(--color-accent); padding-left: 0.75em; }
@@ -58,33 +69,68 @@ CSS = """
 #train-progress progress { width: 100%; height: 1.2em; accent-color: var(--color-accent); }
 """
 MAX_PLOT_POINTS = 500  # per loss curve
-MAX_UPLOAD = "64mb"  # per file, for every upload of the app (Gradio refuses larger ones)
 
 
 # The Live tab's own markup: sdxs_core/live_client.js streams the webcam over a WebSocket
 # (sdxs_core/live_socket.py) and fills these elements; the settings are the Gradio controls below it.
-LIVE_HTML = """<div class="sdxs-live">
+def _placeholder(text: str) -> str:
+    """An image source that says what will appear there (an empty <img> shows a broken-image icon)."""
+    from urllib.parse import quote
+
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 200 200"><rect width="200" height="200" '
+           'fill="#8881"/><text x="100" y="104" font-family="sans-serif" font-size="12" fill="#888" '
+           f'text-anchor="middle">{text}</text></svg>')
+    return "data:image/svg+xml," + quote(svg)
+
+
+LIVE_HTML = f"""<div class="sdxs-live">
   <div class="sdxs-live-row">
-    <figure><figcaption>Webcam</figcaption><video id="live-webcam" autoplay muted playsinline></video></figure>
-    <figure id="live-out"><figcaption>Generated</figcaption><img alt="generated frame"></figure>
-    <figure id="live-control"><figcaption>Control map</figcaption><img alt="control map"></figure>
+    <figure><figcaption>Webcam</figcaption><video id="live-webcam" autoplay muted playsinline
+      poster="{_placeholder('Press Start webcam')}"></video></figure>
+    <figure id="live-out"><figcaption>Generated</figcaption><img alt="generated frame"
+      src="{_placeholder('Generated frames appear here')}"></figure>
+    <figure id="live-control"><figcaption>Control map</figcaption><img alt="control map"
+      src="{_placeholder('The control map appears here')}"></figure>
   </div>
   <div class="sdxs-live-bar">
     <button id="live-start">Start webcam</button>
+    <button id="live-save" disabled title="Download the generated frame on screen">Save frame</button>
     <label><input type="checkbox" id="live-mirror" checked> Mirror</label>
   </div>
   <div id="live-readout">Press Start webcam: FPS and latency appear here.</div>
 </div>"""
+SKETCH_PLACEHOLDER = _placeholder("Draw on the left: the image appears here")
+SKETCH_HTML = f"""<div class="sdxs-sketch">
+  <div class="sdxs-live-row">
+    <figure><figcaption>Draw (black on white)</figcaption><canvas id="sketch-canvas" width="512"
+      height="512"></canvas></figure>
+    <figure id="sketch-gen"><figcaption>Generated</figcaption><img alt="generated image"
+      src="{SKETCH_PLACEHOLDER}" data-placeholder="{SKETCH_PLACEHOLDER}"></figure>
+  </div>
+  <div class="sdxs-live-bar"><button id="sketch-clear">Clear</button><span id="sketch-busy"></span></div>
+  <div id="sketch-readout">Draw on the pad: every stroke regenerates.</div>
+</div>"""
 
 
-def launch_options(hub: ModelHub) -> dict:
+def live_gate() -> live_socket.LiveGate:
+    return live_socket.LiveGate(slots=LIVE_STREAMS, turn_s=LIVE_TURN_S)
+
+
+def launch_options(hub: ModelHub, train: bool = False, gate: live_socket.LiveGate | None = None) -> dict:
     """``launch`` arguments beyond host and port: theme and CSS (Gradio 6 takes them here; system
-    fonts, so nothing is fetched), the upload limit and the live loop's WebSocket route."""
+    fonts, so nothing is fetched), the upload limit (larger with the Train tab, whose LoRA files and
+    datasets have their own limits) and the live loop's WebSocket route. Also makes image decoding
+    refuse images over ``limits.MAX_IMAGE_SIDE`` squared pixels, as Gradio decodes uploads first."""
+    limits.guard_decoders()
     theme = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])
-    gate = live_socket.LiveGate(slots=LIVE_STREAMS, turn_s=LIVE_TURN_S)
-    return {"theme": theme, "css": CSS, "max_file_size": MAX_UPLOAD,
-            "app_kwargs": {"routes": live_socket.live_routes(hub, gate)}}
+    gate = gate or live_gate()
+    sketch_gate = live_socket.LiveGate(slots=SKETCH_PADS, turn_s=LIVE_TURN_S)
+    max_mb = limits.TRAIN_UPLOAD_MB if train else limits.MAX_UPLOAD_MB
+    return {"theme": theme, "css": CSS, "max_file_size": f"{max_mb}mb",
+            "app_kwargs": {"routes": live_socket.live_routes(hub, gate)
+                           + live_socket.live_routes(hub, sketch_gate, live_socket.SKETCH_PATH,
+                                                      static_threshold=0.0)}}
 
 
 # ---- text shown to the user ---------------------------------------------------------------------
@@ -381,8 +427,11 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
         return f"Job **#{job.id}** {job.state}" + (": stopping after its next step (a checkpoint first)."
                                                    if action == jobs.manager.cancel and job.state == "running" else ".")
 
-    def apply(job_id):
+    def apply(job_id, request: gr.Request = None):
         """Use now: the job's result becomes the app's LoRA or ControlNet (Text to image and Live)."""
+        refused = access.refusal(request, "switch the app's LoRA or ControlNet")
+        if refused:
+            return model_view(refused)
         if job_id is None:
             return model_view("Pick a finished job first.")
         view = jobs.manager.view(int(job_id))
@@ -466,6 +515,7 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         if frame is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
+            limits.check_image(frame, "Frame")
             params = LiveParams(prompt or "", control_type, float(strength), int(seed or 0))
             result = run_live(session, frame, params)
         except (SDXSError, ValueError) as e:
@@ -479,6 +529,10 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
                  **asdict(stats)})
 
     def sketch(canvas, prompt, strength, seed, session: LiveSession):
+        try:
+            limits.check_image((canvas or {}).get("composite") if isinstance(canvas, dict) else canvas, "Sketch")
+        except limits.ImageLimitError as e:
+            return gr.skip(), f"⚠️ {e}"
         control = sketch_to_control(canvas)
         if control is None:
             return gr.skip(), "Draw on the pad: every stroke regenerates."
@@ -501,8 +555,22 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
                 gr.update(choices=[("none", "none"), *hub.choices("lora")], value=hub.lora_key or "none"),
                 catalogue(hub))
 
-    def load_model(key):
-        return model_view(hub.load_model(key))
+    # switching the engine changes the app for every user: only the operator may (sdxs_core.access)
+    def load_model(key, request: gr.Request = None):
+        return model_view(access.refusal(request, "switch the model") or hub.load_model(key))
+
+    def set_controlnet(key, request: gr.Request = None):
+        return model_view(access.refusal(request, "switch the ControlNet") or hub.set_controlnet(key))
+
+    def set_lora(key, scale, request: gr.Request = None):
+        return model_view(access.refusal(request, "switch the LoRA") or hub.set_lora(key, scale))
+
+    def set_lora_scale(scale, request: gr.Request = None):
+        refused = access.refusal(request, "change the LoRA scale")
+        if refused:
+            gr.Warning(refused)
+        else:
+            hub.set_lora_scale(scale)
 
     def rescan():
         hub.rescan()
@@ -546,17 +614,18 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
             live_state = gr.State(LiveSession())
 
         with gr.Tab("Sketch"):
+            # the pad is sdxs_core/sketch_client.js over the sketch WebSocket; the hidden Gradio pad
+            # below serves /sketch for API clients
+            gr.HTML(html_template=SKETCH_HTML, js_on_load=live_socket.sketch_js(), apply_default_css=False,
+                    elem_id="sketch-view")
+            pad = gr.Sketchpad(type="numpy", canvas_size=(512, 512), visible=False)
+            sketch_out = gr.Image(format="jpeg", visible=False)
+            sketch_info = gr.Markdown(visible=False)
             with gr.Row():
-                pad = gr.Sketchpad(type="numpy", canvas_size=(512, 512), label="Draw (black on white)",
-                                   brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"),
-                                   layers=False, transforms=(), height=IMAGE_HEIGHT, elem_id="sketch-pad")
-                sketch_out = gr.Image(label="Generated", format="jpeg", interactive=False, height=IMAGE_HEIGHT,
-                                      elem_id="sketch-out")
-            sketch_info = gr.Markdown("Draw on the pad: every stroke regenerates.", elem_id="sketch-info")
-            with gr.Row():
-                sketch_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3)
-                sketch_strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Sketch strength")
-                sketch_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                sketch_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="sketch-prompt")
+                sketch_strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Sketch strength",
+                                            elem_id="sketch-strength")
+                sketch_seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="sketch-seed")
             sketch_state = gr.State(LiveSession())
 
         with gr.Tab("Models"):
@@ -582,10 +651,10 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         gr.on([style.input, seed.input, randomize.input, num_images.release], generate, t2i_inputs,
               [gallery, t2i_info], trigger_mode="always_last", show_progress="minimal",
               api_visibility="private", **engine_queue)
-        lora.input(lambda key, scale: model_view(hub.set_lora(key, scale)), [lora, lora_scale], model_outputs,
+        lora.input(set_lora, [lora, lora_scale], model_outputs,
                    api_name="set_lora").then(generate, t2i_inputs, [gallery, t2i_info], api_visibility="private",
                                               **engine_queue)
-        lora_scale.release(hub.set_lora_scale, lora_scale, None, api_visibility="private").then(
+        lora_scale.release(set_lora_scale, lora_scale, None, api_visibility="private").then(
             generate, t2i_inputs, [gallery, t2i_info], api_visibility="private", **engine_queue)
 
         api_button.click(live, [api_frame, live_prompt, control_type, strength, live_seed, live_state],
@@ -598,7 +667,7 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         load.click(load_model, model, model_outputs, api_name="load_model").then(  # styles are per family
             lambda: gr.update(choices=list(hub.styles()), value="none"), None, style, api_visibility="private")
         rescan_btn.click(rescan, None, model_outputs, api_name="rescan")
-        controlnet.input(lambda key: model_view(hub.set_controlnet(key)), controlnet, model_outputs,
+        controlnet.input(set_controlnet, controlnet, model_outputs,
                          api_name="set_controlnet")
         demo.load(model_view, None, model_outputs, api_visibility="private").then(
             generate, t2i_inputs, [gallery, t2i_info], api_visibility="private", **engine_queue)
@@ -615,6 +684,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (use HTTPS for webcams)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
+    parser.add_argument("--auth", action="append", metavar="USER:PASS",
+                        help="require a login (repeatable); logged-in users may switch the model, ControlNet and "
+                             "LoRA, which otherwise only a request from this machine may")
     parser.add_argument("--ssl-certfile", default=None)
     parser.add_argument("--ssl-keyfile", default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -641,6 +713,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--threads must be >= 1")
     if args.train_threads is not None and args.train_threads < 1:
         parser.error("--train-threads must be >= 1")
+    try:
+        args.auth = access.parse_auth(args.auth)
+    except ValueError as e:
+        parser.error(str(e))
     if args.data_root is not None and not Path(args.data_root).is_dir():
         parser.error(f"--data-root {args.data_root!r} is not a folder")
     return args
@@ -655,15 +731,16 @@ def main(argv=None) -> None:
                    extra=manager.artefacts if manager else None)
     notice = hub.start(args.model or hub.default_model(), controlnet=args.controlnet)
     print(notice.replace("**", ""))
+    limits.CacheJanitor(limits.private_cache_dir()).start()  # before any component: Gradio reads the folder then
     jobs = None
     if manager is not None:
         manager.start_scheduler()  # marks jobs of a previous run interrupted, then runs the queue
         jobs = TrainJobs(manager, hub, Path(args.data_root) if args.data_root else None)
     demo = build_demo(hub, jobs)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, auth=args.auth,
                 ssl_verify=not args.ssl_certfile,  # an operator's own certificate is usually self-signed
-                **launch_options(hub))
+                **launch_options(hub, train=jobs is not None))
 
 
 if __name__ == "__main__":

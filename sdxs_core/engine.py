@@ -136,6 +136,8 @@ class OneStepEngine:
         self._noise_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self._loras: dict[str, float] = {}
+        self._lora_sources: dict[str, tuple] = {}  # name -> (resolved path, mtime): which weights it holds
+        self._weights_key: tuple = ()  # the U-Net's LoRA state, part of a traced graph's cache key
         # frozen graphs for the one-step path (sdxs_core.graphs): only for fixed weights, never
         # for a network a trainer is still updating
         self.graphs = GraphCache() if graphs else None
@@ -198,6 +200,7 @@ class OneStepEngine:
                 raise ValueError(f"a LoRA named {name!r} is already loaded; unload it first")
             apply_lora(self.unet, path, name)
             self.unet.to(self.device, self.dtype)
+            self._lora_sources[name] = (str(path.resolve()), path.stat().st_mtime_ns)
             self._loras[name] = float(scale)
             self._apply_lora_scales()
         return name
@@ -217,6 +220,7 @@ class OneStepEngine:
                     raise KeyError(f"no LoRA named {n!r}; loaded: {sorted(self._loras)}")
                 self.unet.delete_adapters(n)
                 del self._loras[n]
+                self._lora_sources.pop(n, None)
             self._apply_lora_scales()
 
     def _apply_lora_scales(self) -> None:
@@ -225,12 +229,13 @@ class OneStepEngine:
         self._networks_changed(unet=True)
 
     def _networks_changed(self, unet: bool = False) -> None:
-        """Traced graphs and converted networks hold the old weights: drop them. After a U-Net change
-        (a LoRA) the OpenVINO backend converts it again now (or reads it from its cache), so the next
-        image does not wait and ``backend.events`` says what the change cost; the ControlNet runs in
-        torch and feeds the converted U-Net through its inputs, so changing it converts nothing."""
-        if self.graphs is not None:
-            self.graphs.clear()
+        """Traced graphs hold the weights they were traced with: they are keyed by the LoRA state, so
+        a state seen before reuses its graph (a ControlNet's are keyed by the network itself).
+        Converted networks hold the old weights: after a U-Net change (a LoRA) the OpenVINO backend
+        converts it again now (or reads it from its cache), so the next image does not wait and
+        ``backend.events`` says what the change cost; the ControlNet runs in torch and feeds the
+        converted U-Net through its inputs, so changing it converts nothing."""
+        self._weights_key = tuple(sorted((n, self._lora_sources.get(n), s) for n, s in self._loras.items()))
         if self.backend is not None and unet:
             self.backend.networks_changed()
             self.backend.prepare(self)
@@ -314,7 +319,7 @@ class OneStepEngine:
             if backend is not None:
                 return backend.unet(self, x, t, embeds, down, mid)
             if graphs is not None:
-                return graphs.unet(self.unet, x, t, embeds, down, mid)
+                return graphs.unet(self.unet, x, t, embeds, down, mid, state=self._weights_key)
             return self.unet(x, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
                              mid_block_additional_residual=mid, return_dict=False)[0]
 

@@ -10,9 +10,14 @@ networks took ~90 s on that CPU, again for every model, ControlNet, LoRA scale a
 for an app whose users switch models.
 
 A graph bakes in the weights and every Python-level decision (shapes, which residuals exist, LoRA
-scales), so graphs are cached by network and input shapes, and the engine clears the cache
-whenever it changes a network (a ControlNet, a LoRA or its scale). If tracing fails for a model,
-that key falls back to the eager module, with one warning.
+scales), so graphs are cached by network, the engine's weight state (which LoRAs at which scales)
+and input shapes. TorchScript never gives back the memory of a trace (pytorch/pytorch#35600: a
+discarded graph's IR stays allocated), so the cache avoids tracing rather than freeing: going back
+to a LoRA scale, a ControlNet or a batch size seen before reuses its graph; batches are padded to a
+few fixed sizes (``BATCH_SIZES``) so the Images slider does not make a graph per value; and after
+``trace_budget`` traces an engine runs new states eagerly, so a long session's memory is bounded
+whatever the users do. If tracing fails for a model, that key falls back to the eager module, with
+one warning.
 """
 
 import threading
@@ -61,61 +66,93 @@ def _channels_last(tensors: tuple) -> tuple:
     return tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in tensors)
 
 
+BATCH_SIZES = (1, 2, 4, 8, 16)  # batches are padded up to one of these before a traced call
+
+
+def padded_batch(n: int) -> int:
+    """The batch size a traced call runs ``n`` images at (``n`` itself past the largest size)."""
+    return next((b for b in BATCH_SIZES if b >= n), n)
+
+
+def _pad(tensors: tuple, n: int) -> tuple:
+    """Batch tensors (first dimension ``n``) padded to ``padded_batch(n)`` by repeating the first row:
+    each image of a batch is computed independently, so the padding never changes the real rows."""
+    b = padded_batch(n)
+    if b == n:
+        return tensors
+    return tuple(torch.cat([t, t[:1].expand(b - n, *t.shape[1:])]) if t.dim() and t.shape[0] == n else t
+                 for t in tensors)
+
+
 def _signature(tensors) -> tuple:
     return tuple((tuple(t.shape), t.dtype, t.device.type) for t in tensors)
 
 
 class GraphCache:
-    """Traced graphs by (network, input shapes, dtypes, device); the least recently used are dropped."""
+    """Traced graphs by (network, weight state, input shapes, dtypes, device); at most
+    ``trace_budget`` traces are ever made (see the module's docstring). Past ``capacity`` the least
+    recently used are dropped; it defaults to the budget, because re-tracing a dropped graph costs
+    memory that is never given back, while keeping it costs only its weights."""
 
-    def __init__(self, capacity: int = 12):
-        self.capacity = capacity
-        self._graphs: OrderedDict[tuple, torch.jit.ScriptModule | None] = OrderedDict()
+    def __init__(self, capacity: int = 64, trace_budget: int = 64):
+        self.capacity, self.trace_budget = capacity, trace_budget
+        # key -> (graph or None, the network): holding the network keeps its id() from being reused
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self._lock = threading.Lock()
         self.traces = 0  # graphs traced so far (how often a change cost a re-trace)
+        self._budget_warned = False
 
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._graphs.clear()
-
-    def controlnet(self, controlnet, x, t, embeds, control, scale: float):
+    def controlnet(self, controlnet, x, t, embeds, control, scale: float, state: tuple = ()):
         """``(down_residuals, mid_residual)`` as the eager ControlNet returns them."""
+        n = x.shape[0]
         scale_t = torch.tensor(float(scale), dtype=x.dtype, device=x.device)
-        inputs = _channels_last((x, t, embeds, control, scale_t))
-        graph = self._get(("controlnet", id(controlnet)), lambda: _ControlNetGraph(controlnet), inputs)
+        inputs = _channels_last(_pad((x, t, embeds, control, scale_t), n))
+        graph = self._get(("controlnet", id(controlnet), state), controlnet, lambda: _ControlNetGraph(controlnet),
+                          inputs)
         if graph is None:
             return controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=control,
                               conditioning_scale=scale, return_dict=False)
-        mid, *down = graph(*inputs)
+        mid, *down = (r[:n] for r in graph(*inputs))
         return tuple(down), mid
 
-    def unet(self, unet, x, t, embeds, down=None, mid=None):
-        """The U-Net's noise prediction (with ControlNet residuals when given)."""
+    def unet(self, unet, x, t, embeds, down=None, mid=None, state: tuple = ()):
+        """The U-Net's noise prediction (with ControlNet residuals when given); ``state`` names the
+        weights the U-Net has now (its LoRAs and their scales)."""
+        n = x.shape[0]
         residuals = () if down is None else (mid, *down)
-        inputs = _channels_last((x, t, embeds, *residuals))
-        graph = self._get(("unet", id(unet), down is not None), lambda: _UNetGraph(unet, down is not None), inputs)
+        inputs = _channels_last(_pad((x, t, embeds, *residuals), n))
+        graph = self._get(("unet", id(unet), state, down is not None), unet, lambda: _UNetGraph(unet, down is not None),
+                          inputs)
         if graph is None:
             return unet(x, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid, return_dict=False)[0]
-        return graph(*inputs)
+        return graph(*inputs)[:n]
 
     def decode(self, vae, latents):
-        inputs = _channels_last((latents,))
-        graph = self._get(("decoder", id(vae)), lambda: _DecoderGraph(vae), inputs)
-        return vae.decode(latents, return_dict=False)[0] if graph is None else graph(*inputs)
+        n = latents.shape[0]
+        inputs = _channels_last(_pad((latents,), n))
+        graph = self._get(("decoder", id(vae)), vae, lambda: _DecoderGraph(vae), inputs)
+        return vae.decode(latents, return_dict=False)[0] if graph is None else graph(*inputs)[:n]
 
-    def _get(self, key: tuple, make, inputs: tuple):
-        """The graph for ``inputs``, which must already be channels-last (see ``_channels_last``)."""
+    def _get(self, key: tuple, network, make, inputs: tuple):
+        """The graph for ``inputs``, which must already be channels-last (see ``_channels_last``);
+        None: run eagerly (tracing failed, or the trace budget is spent)."""
         key = (*key, _signature(inputs))
         with self._lock:
             if key in self._graphs:
                 self._graphs.move_to_end(key)
-                return self._graphs[key]
+                return self._graphs[key][0]
+            if self.traces >= self.trace_budget:
+                if not self._budget_warned:
+                    self._budget_warned = True
+                    warnings.warn(f"{self.traces} graphs traced by this model: new shapes and LoRA scales now run "
+                                  "eagerly (TorchScript keeps every trace's memory)", RuntimeWarning, stacklevel=4)
+                return None
             graph = self._trace(make(), inputs)
-            self._graphs[key] = graph
+            self._graphs[key] = (graph, network)
             self.traces += 1
             while len(self._graphs) > self.capacity:
                 self._graphs.popitem(last=False)

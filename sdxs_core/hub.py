@@ -7,6 +7,7 @@ them to finish and holds new ones back until it is done. What exists to switch t
 
 import secrets
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .loading import load_controlnet, load_engine
 from .presets import ASSETS, DEFAULT_MODEL, PRESETS
 
 LORA_NAME = "studio"
+CONTROLNETS_KEPT = 4  # loaded ControlNets kept for switching back: the same network reuses its traced graphs
 
 
 class _SwitchLock:
@@ -85,6 +87,7 @@ class ModelHub:
         self._operator: dict[tuple[str, str], Entry] = {}  # paths given on the command line
         self._entries: dict[tuple[str, str], Entry] = {}
         self._lock = _SwitchLock()
+        self._controlnets: OrderedDict[tuple, object] = OrderedDict()  # (source, mtime) -> loaded ControlNet
         self.rescan()
 
     # ---- what is offered ----------------------------------------------------------------------
@@ -253,13 +256,26 @@ class ModelHub:
         if self.engine is None:
             return "Load a model before a ControlNet."
         try:
-            controlnet = load_controlnet(entry.source, self.device, self.dtype)
+            controlnet = self._load_controlnet(entry.source)
             with self._lock.exclusive():
                 self.engine.set_controlnet(controlnet)
                 self.controlnet_key = entry.key
         except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: torch load failures
             return f"ControlNet **{entry.key}** not attached: {e}"
         return f"ControlNet **{entry.key}** attached."
+
+    def _load_controlnet(self, source: str):
+        """A ControlNet switched to before is the same object again (unless its folder changed), so
+        the engine's traced graphs for it are reused instead of traced anew."""
+        path = Path(source)
+        key = (source, path.stat().st_mtime_ns if path.exists() else None, self.model_key)
+        if key in self._controlnets:
+            self._controlnets.move_to_end(key)
+            return self._controlnets[key]
+        controlnet = self._controlnets[key] = load_controlnet(source, self.device, self.dtype)
+        while len(self._controlnets) > CONTROLNETS_KEPT:
+            self._controlnets.popitem(last=False)
+        return controlnet
 
     def set_lora(self, key, scale: float = 1.0) -> str:
         """Make ``key`` the one active LoRA (``None`` or "none" removes it)."""

@@ -6,9 +6,15 @@
 // a camera frame that finds the pipe full is not queued, the next reply sends the newest one.
 // FPS and latency are measured here, where frames are shown: latency runs from grabbing a camera
 // frame to the generated frame made from it being decoded in the page.
+//
+// While the page is hidden (another browser tab) or the Live tab is not shown (another tab of the
+// app) the stream pauses: its socket is closed, so its live slot and the server's time go to other
+// users and tabs, and it reconnects when shown again. The server also releases a socket that sends
+// nothing for a while (code 4000); a shown, started page then simply reconnects.
 const $ = (selector) => element.querySelector(selector);
 const video = $("#live-webcam"), outImg = $("#live-out img"), controlImg = $("#live-control img");
 const button = $("#live-start"), mirror = $("#live-mirror"), readout = $("#live-readout");
+const saveButton = $("#live-save");
 const grab = document.createElement("canvas"), grabCtx = grab.getContext("2d");
 const encoder = new TextEncoder(), decoder = new TextDecoder();
 const WINDOW_MS = 2000, RETRY_MS = 3000, READOUT_EVERY_MS = 250;
@@ -22,7 +28,7 @@ const settings = () => ({
   seed: Math.max(0, Math.floor(Number((field("live-seed", "input") || {value: 0}).value) || 0)),
 });
 
-let ws = null, camera = null, wanted = false, retryTimer = null, hello = null;
+let ws = null, camera = null, wanted = false, retryTimer = null, hello = null, shownNow = true;
 let nextId = 0, waiting = false, lastReadout = 0;
 let cameraFrame = 0, sentFrame = -1;  // the newest camera frame, and the last one sent: never send one twice
 const sent = new Map();  // frame id -> performance.now() when grabbed
@@ -57,6 +63,16 @@ function show(img, bytes) {
   const old = img.src;
   img.src = URL.createObjectURL(new Blob([bytes], {type: "image/jpeg"}));
   if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+  if (img === outImg) saveButton.disabled = false;
+}
+
+function saveFrame() {
+  // the generated frame on screen, as the JPEG the server sent
+  if (!outImg.src.startsWith("blob:")) return;
+  const a = document.createElement("a");
+  a.href = outImg.src;
+  a.download = `sdxs-live-${new Date().toISOString().replace(/[:.]/g, "-")}.jpg`;
+  a.click();
 }
 
 function sendFrame() {
@@ -133,7 +149,8 @@ function connect() {
     if (ws !== socket) return;
     ws = null; hello = null; sent.clear();
     if (!wanted) return;
-    const why = event.code === 1013 || event.code === 1008 ? event.reason : "the connection to the server was lost";
+    if (!shownNow) return;  // paused: reconnects when shown again
+    const why = [1013, 1008, 4000].includes(event.code) ? event.reason : "the connection to the server was lost";
     readout.innerHTML = `⏳ ${esc(why)} (retrying in ${RETRY_MS / 1000} s)`;
     if (event.code !== 1008) retryTimer = setTimeout(connect, RETRY_MS);
   };
@@ -164,7 +181,7 @@ async function start() {
   await video.play().catch(() => {});
   if ("requestVideoFrameCallback" in video) video.requestVideoFrameCallback(onCameraFrame);
   else camera.timer = setInterval(() => { cameraFrame = video.currentTime; sendFrame(); }, 33);
-  connect();
+  if (shownNow) connect(); else pause();
 }
 
 function stop() {
@@ -177,7 +194,27 @@ function stop() {
   hello = null; sent.clear(); waiting = false;
 }
 
+function pause() {
+  if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
+  if (ws) { const socket = ws; ws = null; socket.close(1000, "paused"); }
+  hello = null; sent.clear(); waiting = false;
+  readout.innerHTML = "⏸ Paused while the Live tab is hidden: it resumes when you come back.";
+}
+
+function visibilityChanged() {
+  const now = document.visibilityState === "visible" && element.offsetParent !== null;
+  if (now === shownNow) return;
+  shownNow = now;
+  if (!wanted) return;
+  if (!now) pause();
+  else if (!ws && !retryTimer) { readout.innerHTML = "Resuming…"; connect(); }
+}
+
 button.addEventListener("click", () => (wanted ? stop() : start()));
+saveButton.addEventListener("click", saveFrame);
+document.addEventListener("visibilitychange", visibilityChanged);
+// Gradio hides an unselected tab's content (display: none): an observer sees it leave and come back
+new IntersectionObserver(visibilityChanged).observe(element);
 const mirrorPreview = () => video.classList.toggle("mirrored", mirror.checked);
 mirror.addEventListener("change", mirrorPreview);
 mirrorPreview();

@@ -19,8 +19,14 @@ Wire format. Binary messages, both ways, are ``[u32 little-endian n][n bytes of 
     Models tab is followed);
   * text ``{"type": "dropped", "id"}``: a newer frame of this connection superseded it;
   * text ``{"type": "error", "id", "message"}``: a bad frame or setting; the stream goes on.
+  * text ``{"type": "ping"}`` every few seconds of silence (the heartbeat): a dead connection shows
+    up as a failed send, and the page knows the server is there; no answer is needed.
 - Refused connections are closed with code 1013 (try again later: every live slot is busy, or this
   stream's turn is over while another user waits) or 1008 (a page from another origin).
+- An idle stream (no frame for ``LiveGate.idle_s``, nothing generating) is closed with code 4000 and
+  its slot goes to the next user: an open but silent socket (a page in the background, a paused
+  client, a script) cannot hold the Live tab. The browser client pauses when its tab is hidden and
+  reconnects when it is shown again.
 
 Each connection owns one ``LiveSession`` (noise, last frame, counters), so two tabs never see each
 other's frames. The client keeps at most ``max_in_flight`` frames unanswered, so there is never a
@@ -47,18 +53,20 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import SDXSError
-from .stream import LiveParams, LiveSession, control_mismatch
+from .stream import STATIC_THRESHOLD, LiveParams, LiveSession, control_mismatch
 
 log = logging.getLogger(__name__)
 
 LIVE_PATH = "/sdxs/live"
+SKETCH_PATH = "/sdxs/sketch"  # the Sketch tab's pad: the same protocol, its drawing sent as the control map
 CLIENT_JS = Path(__file__).with_name("live_client.js")
+SKETCH_JS = Path(__file__).with_name("sketch_client.js")
 MAX_IN_FLIGHT = 2  # one frame generating, one waiting: the server is never idle, the wait never grows
 MAX_FRAME_BYTES = 8 << 20
 MAX_HEADER_BYTES = 64 << 10
 MAX_FRAME_SIDE = 4096  # px; checked before decoding, so a crafted file cannot blow up memory
 JPEG_QUALITY = 90
-CLOSE_TRY_AGAIN, CLOSE_POLICY = 1013, 1008
+CLOSE_TRY_AGAIN, CLOSE_POLICY, CLOSE_IDLE = 1013, 1008, 4000
 
 
 class FrameError(ValueError):
@@ -141,12 +149,19 @@ def same_origin(headers) -> bool:
 class LiveGate:
     """At most ``slots`` live streams at once. A stream keeps its slot while nobody else waits;
     once a newcomer has been turned away, streams older than ``turn_s`` are ended, so the newcomer
-    gets in on a retry: a second user is served, never blocked forever."""
+    gets in on a retry: a second user is served, never blocked forever. A stream that sends no
+    frame for ``idle_s`` loses its slot whether or not anyone waits; ``heartbeat_s`` is how often
+    an idle connection is checked and pinged."""
 
-    def __init__(self, slots: int = 2, turn_s: float = 300.0, waiting_window_s: float = 10.0):
+    def __init__(self, slots: int = 2, turn_s: float = 300.0, waiting_window_s: float = 10.0,
+                 idle_s: float = 10.0, heartbeat_s: float | None = None):
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        if not idle_s > 0:
+            raise ValueError(f"idle_s must be > 0, got {idle_s}")
         self.slots, self.turn_s, self.waiting_window_s = slots, turn_s, waiting_window_s
+        self.idle_s = idle_s
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else min(3.0, idle_s / 4)
         self._started: dict[int, float] = {}
         self._next = 0
         self._refused_at = -math.inf
@@ -183,10 +198,12 @@ class LiveConnection:
     """One WebSocket's stream: reads frames, runs each through this connection's ``LiveSession``
     in a worker thread, sends results (or drops / errors) back tagged with the frame's id."""
 
-    def __init__(self, hub, websocket: WebSocket, gate: LiveGate, ticket: int):
+    def __init__(self, hub, websocket: WebSocket, gate: LiveGate, ticket: int,
+                 static_threshold: float = STATIC_THRESHOLD):
         self.hub, self.ws, self.gate, self.ticket = hub, websocket, gate, ticket
-        self.session = LiveSession()
+        self.session = LiveSession(static_threshold)
         self.pending: set[asyncio.Task] = set()
+        self.last_active = time.monotonic()  # the newest frame received or answered
 
     def hello(self) -> dict:
         engine = self.hub.engine
@@ -195,20 +212,43 @@ class LiveConnection:
                 "max_in_flight": MAX_IN_FLIGHT}
 
     async def run(self) -> None:
+        """Read frames until the page leaves, its turn is over or it idles (the heartbeat's check)."""
         await self.ws.send_text(json.dumps(self.hello()))
+        tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._heartbeat())]
         try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                if self.gate.turn_over(self.ticket):
-                    await self.ws.close(CLOSE_TRY_AGAIN, "your live turn is over: another user is waiting; "
-                                                         "press Start to queue again")
-                    return
-                self.receive(message)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a disconnect surfaces here
         finally:
-            for task in list(self.pending):
+            for task in tasks + list(self.pending):
                 task.cancel()
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if self.gate.turn_over(self.ticket):
+                await self.ws.close(CLOSE_TRY_AGAIN, "your live turn is over: another user is waiting; "
+                                                     "press Start to queue again")
+                return
+            if message.get("bytes") is not None:
+                self.last_active = time.monotonic()
+            self.receive(message)
+
+    async def _heartbeat(self) -> None:
+        """Ping while quiet; close an idle stream (no frame for ``idle_s`` and none generating)."""
+        while True:
+            await asyncio.sleep(self.gate.heartbeat_s)
+            if self.pending:
+                self.last_active = time.monotonic()
+                continue
+            idle = time.monotonic() - self.last_active
+            if idle >= self.gate.idle_s:
+                await self._quietly(self.ws.close(CLOSE_IDLE, f"no frame for {self.gate.idle_s:g} s: the live "
+                                                              "slot was released; start again to reconnect"))
+                return
+            await self.ws.send_text('{"type":"ping"}')
 
     def receive(self, message: dict) -> None:
         data = message.get("bytes")
@@ -249,6 +289,7 @@ class LiveConnection:
             why = f"internal error ({type(e).__name__}: {e}); see the server log"
             await self._quietly(self._send_text({"type": "error", "id": frame_id, "message": why}))
             return
+        self.last_active = time.monotonic()
         if message is None:  # a newer frame of this connection superseded it while it waited
             await self._quietly(self._send_text({"type": "dropped", "id": frame_id}))
         else:
@@ -279,8 +320,11 @@ class LiveConnection:
         return pack(header, image, control)
 
 
-def live_routes(hub, gate: LiveGate | None = None, path: str = LIVE_PATH) -> list[WebSocketRoute]:
-    """The routes to serve beside the Gradio app (``launch(app_kwargs={"routes": ...})``)."""
+def live_routes(hub, gate: LiveGate | None = None, path: str = LIVE_PATH,
+                static_threshold: float = STATIC_THRESHOLD) -> list[WebSocketRoute]:
+    """The routes to serve beside the Gradio app (``launch(app_kwargs={"routes": ...})``).
+    ``static_threshold`` 0 generates every frame (a sketch pad sends only changes, and a short new
+    stroke must not be answered with the previous image as a webcam's noise would)."""
     gate = gate or LiveGate()
 
     async def endpoint(websocket: WebSocket) -> None:
@@ -293,7 +337,7 @@ def live_routes(hub, gate: LiveGate | None = None, path: str = LIVE_PATH) -> lis
             await websocket.close(CLOSE_TRY_AGAIN, f"all {gate.slots} live slots are in use; retrying")
             return
         try:
-            await LiveConnection(hub, websocket, gate, ticket).run()
+            await LiveConnection(hub, websocket, gate, ticket, static_threshold).run()
         except WebSocketDisconnect:
             pass
         finally:
@@ -305,3 +349,8 @@ def live_routes(hub, gate: LiveGate | None = None, path: str = LIVE_PATH) -> lis
 def client_js() -> str:
     """The browser half, run by the Live tab's ``gr.HTML(js_on_load=...)``."""
     return CLIENT_JS.read_text()
+
+
+def sketch_js() -> str:
+    """The Sketch tab's pad (``SKETCH_PATH``), run by its ``gr.HTML(js_on_load=...)``."""
+    return SKETCH_JS.read_text()

@@ -138,14 +138,35 @@ def test_live_stream_follows_the_camera_and_reports_fps(page):
 
 
 def test_sketch_stroke_regenerates(page):
+    """The pad draws at once (no tool to pick), and a stroke's image comes back over the sketch socket."""
     page.get_by_role("tab", name="Sketch").click()
-    page.get_by_role("button", name="Brush").click()
-    box = page.locator("#sketch-pad canvas").first.bounding_box()
+    assert page.locator("#sketch-gen img").get_attribute("src").startswith("data:image/svg+xml")  # placeholder
+    box = page.locator("#sketch-canvas").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x - 80, y - 40)
     page.mouse.down()
     for i in range(20):
         page.mouse.move(x - 80 + 8 * i, y - 40 + 4 * i)
     page.mouse.up()
-    page.wait_for_function("document.querySelector('#sketch-info').innerText.includes('U-Net')")
-    assert page.locator("#sketch-out img").get_attribute("src")
+    page.wait_for_function("document.querySelector('#sketch-readout').innerText.includes('stroke to image')")
+    assert page.locator("#sketch-gen img").get_attribute("src").startswith("blob:")
+    assert float(page.evaluate("document.querySelector('[data-stroke-ms]').dataset.strokeMs")) > 0
+
+
+def test_live_pauses_while_its_tab_is_hidden_and_saves_a_frame(page):
+    text = "document.querySelector('#live-readout').textContent"
+    page.get_by_role("tab", name="Live").click()
+    page.locator("#live-start").click()
+    page.wait_for_function(f"{text}.includes('fps')")
+    assert page.locator("#live-save").is_enabled()
+    with page.expect_download() as download:
+        page.locator("#live-save").click()
+    assert download.value.suggested_filename.startswith("sdxs-live-")
+
+    page.get_by_role("tab", name="Text to image").click()  # the Live tab hidden: its stream pauses
+    page.wait_for_function(f"{text}.includes('Paused')")
+    assert page.evaluate("document.querySelector('#live-webcam').srcObject") is not None  # camera kept
+    page.get_by_role("tab", name="Live").click()  # and resumes on return
+    page.wait_for_function(f"{text}.includes('fps') || {text}.includes('Connected')")
+    page.wait_for_function(f"{text}.includes('fps')")
+    page.locator("#live-start").click()

@@ -98,3 +98,65 @@ def test_untraceable_network_runs_eagerly_with_one_warning():
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == [
         next(str(w.message) for w in caught if "eagerly" in str(w.message))]
     assert cache.traces == 1
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def test_repeated_rebuilds_reuse_graphs_and_memory_stays_bounded(tiny_dir, tiny_controlnet_dir, tiny_lora_file,
+                                                                 tmp_path):
+    """The app's switches (LoRA scale, ControlNet, Images slider) cycled: after one round every state
+    has its graph, so further rounds trace nothing and the process does not grow (TorchScript never
+    frees a trace: each one retraced cost ~10 MB even on this tiny model)."""
+    import gc
+
+    from sdxs_core.loading import load_controlnet
+    from sdxs_core.testkit import write_tiny_controlnet
+
+    engine = load_engine(tiny_dir, device="cpu", graphs=True)
+    nets = [load_controlnet(p, torch.device("cpu"), torch.float32)
+            for p in (tiny_controlnet_dir, write_tiny_controlnet(tiny_dir, tmp_path / "cn2", seed=7))]
+    engine.load_lora(tiny_lora_file, scale=1.0, adapter_name="style")
+
+    def one_round():
+        for scale, net in ((0.5, nets[0]), (1.0, nets[1])):
+            engine.set_lora_scale("style", scale)
+            engine.set_controlnet(net)
+            for n in (1, 3, 4, 8):  # 3 is padded to 4: one graph for both
+                engine.generate(["a"] * n, seed=1, output_type="np", **SIZE)
+            engine.generate("a", seed=1, control_image=_control(), output_type="np", **SIZE)
+        gc.collect()
+
+    one_round()
+    traces, rss = engine.graphs.traces, _rss_mb()
+    for _ in range(3):
+        one_round()
+    assert _rss_mb() - rss < 20, f"RSS grew {_rss_mb() - rss:.0f} MB over 3 rounds of the same switches"
+    assert engine.graphs.traces == traces
+
+
+def test_padded_batches_match_eager_and_share_a_graph(pair):
+    from sdxs_core.graphs import padded_batch
+
+    assert [padded_batch(n) for n in (1, 2, 3, 5, 8, 9, 16, 20)] == [1, 2, 4, 8, 8, 16, 16, 20]
+    traced, eager = pair
+    a, b = [e.generate(["a", "b", "c"], seed=1, output_type="np", **SIZE).images for e in pair]
+    assert a.shape[0] == 3
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    traces = traced.graphs.traces
+    traced.generate(["a"] * 4, seed=1, output_type="np", **SIZE)
+    assert traced.graphs.traces == traces  # 4 runs on the graph 3 was padded to
+
+
+def test_trace_budget_bounds_traces_then_runs_eagerly(pair):
+    traced, eager = pair
+    traced.graphs.trace_budget = traced.graphs.traces  # spent: new shapes run eagerly
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = traced.generate(["a", "b"], seed=1, output_type="np", **SIZE).images
+    b = eager.generate(["a", "b"], seed=1, output_type="np", **SIZE).images
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert any("eagerly" in str(w.message) for w in caught)

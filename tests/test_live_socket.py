@@ -50,6 +50,8 @@ def frame_message(frame_id, image: bytes, **settings) -> bytes:
 def reply(ws):
     """The next reply: (header, output pixels, control pixels) for a frame, (message, None, None) otherwise."""
     message = ws.receive()
+    while message.get("text") == '{"type":"ping"}':  # the heartbeat, whenever a test is slow
+        message = ws.receive()
     if message.get("text") is not None:
         return json.loads(message["text"]), None, None
     header, payload = unpack(message["bytes"])
@@ -180,6 +182,35 @@ def test_a_full_server_refuses_with_try_again_and_a_waiting_user_gets_in(hub):
     assert gate.active == 0
 
 
+def test_idle_streams_lose_their_slot_and_a_waiting_client_gets_in(hub):
+    """Two open but silent sockets (background tabs, scripts) cannot hold the Live tab: each is
+    pinged, then closed once idle, and a third client that was turned away gets a slot on retry."""
+    import time
+
+    gate = LiveGate(slots=2, idle_s=0.6, heartbeat_s=0.15)
+    client = client_for(hub, gate)
+    with client.websocket_connect(LIVE_PATH) as a, client.websocket_connect(LIVE_PATH) as b:
+        a.receive_text(), b.receive_text()
+        a.send_bytes(frame_message(1, jpeg_square(10)))  # one frame, then silence
+        assert reply(a)[0]["type"] == "frame"
+        with client.websocket_connect(LIVE_PATH) as third:
+            with pytest.raises(WebSocketDisconnect) as refused:
+                third.receive_text()
+        assert refused.value.code == live_socket.CLOSE_TRY_AGAIN
+        for idle in (a, b):
+            messages = []
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    messages.append(idle.receive_text())
+            assert closed.value.code == live_socket.CLOSE_IDLE and "slot was released" in closed.value.reason
+            assert '{"type":"ping"}' in messages  # the heartbeat ran while it idled
+        deadline = time.monotonic() + 30  # only a guard against hanging: the slots are already free
+        while gate.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with client.websocket_connect(LIVE_PATH) as third:
+            assert json.loads(third.receive_text())["type"] == "hello"
+
+
 def test_gate_turns():
     gate = LiveGate(slots=2, turn_s=100, waiting_window_s=10)
     a, b = gate.enter(now=0), gate.enter(now=50)
@@ -221,3 +252,16 @@ def test_a_failing_generation_is_answered_and_logged_not_left_hanging(hub, monke
         monkeypatch.undo()
         ws.send_bytes(frame_message(2, jpeg_square(10)))
         assert reply(ws)[0]["type"] == "frame"  # the stream survives
+
+
+def test_a_sketch_route_generates_every_change(hub):
+    """The sketch pad's socket (static threshold 0): a short new stroke is generated, never answered
+    with the previous image as a webcam's sensor noise would be."""
+    client = TestClient(Starlette(routes=live_routes(hub, LiveGate(slots=2), live_socket.SKETCH_PATH,
+                                                     static_threshold=0.0)))
+    with client.websocket_connect(live_socket.SKETCH_PATH) as ws:
+        ws.receive_text()
+        for i in range(2):
+            ws.send_bytes(frame_message(i, jpeg_square(10), control_type="none"))
+            header, _, _ = reply(ws)
+            assert header["type"] == "frame" and header["reused"] is False

@@ -1,0 +1,57 @@
+"""Who may change what every user of the app shares: the model, the ControlNet, the LoRA.
+
+One engine serves every session, so switching it changes the app for everyone (detaching the
+ControlNet ends every live stream). Such changes belong to the person running the app: a request
+from this machine itself (not relayed by a proxy or a share link's tunnel, which also connect from
+localhost), or from a user who logged in (``python app.py --auth user:pass``: every account is an
+operator's). Anonymous remote clients keep their own choices (prompt, seed, style, control type,
+strength), which travel with each request and never touch the engine.
+"""
+
+import ipaddress
+
+# headers a reverse proxy or Gradio's share tunnel adds: the request only looks local
+FORWARDED = ("x-forwarded-for", "x-forwarded-host", "x-real-ip", "forwarded")
+
+
+def is_local(request) -> bool:
+    """A request made on this machine, directly (a loopback client address and no proxy headers)."""
+    client = getattr(request, "client", None)
+    host = getattr(client, "host", None) if client is not None else None
+    if not host:
+        return False
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+    headers = getattr(request, "headers", None) or {}
+    return loopback and not any(h in headers for h in FORWARDED)
+
+
+def may_change_shared(request) -> bool:
+    """The operator: a local request, or a logged-in user. ``None`` (a call from Python, not over
+    HTTP) is the operator too."""
+    if request is None:
+        return True
+    return bool(getattr(request, "username", None)) or is_local(request)
+
+
+def refusal(request, action: str) -> str | None:
+    """None when ``request`` may ``action`` (e.g. "switch the model"); else the message to show."""
+    if may_change_shared(request):
+        return None
+    return (f"Only the person running the app may {action}: it changes the app for every user. Open the "
+            "app on its own machine (localhost), or log in as an admin (start it with --auth user:pass).")
+
+
+def parse_auth(values: list[str] | None) -> list[tuple[str, str]] | None:
+    """``--auth user:pass`` (repeatable) -> Gradio's ``auth`` list; ValueError names a bad entry."""
+    if not values:
+        return None
+    pairs = []
+    for value in values:
+        user, sep, password = value.partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"--auth: expected user:password, got {value!r}")
+        pairs.append((user, password))
+    return pairs

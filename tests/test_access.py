@@ -1,0 +1,84 @@
+"""Shared-state changes (model, ControlNet, LoRA) only from this machine or a logged-in user:
+driven through the real app with gradio_client, a remote client faked by a proxy header."""
+
+import socket
+
+import pytest
+
+from sdxs_core import access
+from sdxs_core.catalogue import ensure_tiny_model
+from sdxs_core.hub import ModelHub
+
+
+class FakeRequest:
+    def __init__(self, host, headers=None, username=None):
+        self.client = type("Client", (), {"host": host})()
+        self.headers, self.username = headers or {}, username
+
+
+@pytest.mark.parametrize("request_, allowed", [
+    (FakeRequest("127.0.0.1"), True), (FakeRequest("::1"), True), (None, True),
+    (FakeRequest("192.168.1.20"), False), (FakeRequest("203.0.113.9"), False),
+    (FakeRequest("127.0.0.1", {"x-forwarded-for": "203.0.113.9"}), False),  # a proxy / share tunnel
+    (FakeRequest("203.0.113.9", username="admin"), True), (FakeRequest("not-an-ip"), False)])
+def test_who_may_change_shared_state(request_, allowed):
+    assert access.may_change_shared(request_) is allowed
+    assert (access.refusal(request_, "switch the model") is None) is allowed
+
+
+def test_auth_flag_parsing():
+    assert access.parse_auth(None) is None
+    assert access.parse_auth(["ann:pw", "bob:a:b"]) == [("ann", "pw"), ("bob", "a:b")]
+    with pytest.raises(ValueError, match="--auth: expected user:password"):
+        access.parse_auth(["nopassword"])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from app import build_demo
+
+    outputs = tmp_path_factory.mktemp("access") / "outputs"
+    ensure_tiny_model(outputs)
+    hub = ModelHub(search_dirs=[outputs], device="cpu", outputs=outputs)
+    hub.start("outputs/tiny-model")
+    demo = build_demo(hub)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield hub, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_a_remote_client_cannot_switch_what_everyone_uses(served):
+    from gradio_client import Client
+
+    hub, url = served
+    before = (hub.model_key, hub.controlnet_key, hub.lora_key)
+    assert hub.controlnet_key is not None
+    remote = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.9"})
+    for args, api in ((("none",), "/set_controlnet"), (("outputs/tiny-model",), "/load_model"),
+                      (("none", 1.0), "/set_lora")):
+        banner, *_ = remote.predict(*args, api_name=api)
+        assert "Only the person running the app" in banner, api
+    assert (hub.model_key, hub.controlnet_key, hub.lora_key) == before
+    gallery, _ = remote.predict("a blue star", "none", 3, False, 1, api_name="/generate")  # its own choices: fine
+    assert len(gallery) == 1
+
+    local = Client(url, verbose=False)
+    banner, *_ = local.predict("none", api_name="/set_controlnet")
+    assert "detached" in banner and hub.controlnet_key is None
+    banner, *_ = local.predict(before[1], api_name="/set_controlnet")
+    assert hub.controlnet_key == before[1]
+
+
+def test_an_oversized_frame_is_refused_by_name(served, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    _, url = served
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (4100, 8)).save(path)
+    _, _, readout, _ = Client(url, verbose=False).predict(handle_file(str(path)), "a", "canny", 1.0, 0,
+                                                          api_name="/live_frame")
+    assert "Frame: the image is 4100x8 px; at most 4096 px a side" in readout
