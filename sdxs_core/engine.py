@@ -134,7 +134,7 @@ class OneStepEngine:
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._prompt_cache_size = prompt_cache_size
         self._noise_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a LoRA change re-calibrates an int8 backend
         self._loras: dict[str, float] = {}
         # frozen graphs for the one-step path (sdxs_core.graphs): only for fixed weights, never
         # for a network a trainer is still updating
