@@ -20,9 +20,13 @@ from sdxs_core.paths import RESULTS, ROOT
 OUT = ROOT / "docs" / "results.md"
 # What each file measures, in a line; files not listed get their name only.
 TITLES = {
-    "latency_cpu": ("One-step latency, SDXS-512 architecture", "random weights, 512×512, batch 1: diffusers' "
-                    "pipeline against the engine, per stage."),
-    "latency_cuda": ("One-step latency on a GPU, SDXS-512 architecture", "random weights, 512×512, batch 1."),
+    "latency_cpu": ("One-step latency, SDXS-512 architecture", "random weights, 512×512, batch 1, prompt cached: "
+                    "diffusers' pipeline against the engine on each backend and precision, per stage; quality drop "
+                    "from backend_quality."),
+    "latency_cuda": ("One-step latency on a GPU, SDXS-512 architecture", "random weights, 512×512: eager against "
+                     "torch.compile + CUDA graphs, per batch size."),
+    "backend_quality": ("What a backend precision costs in quality", "the evaluator on the default model, torch "
+                        "fp32 against OpenVINO fp32 / bf16 / int8 / mixed; drop = prompt-accuracy points."),
     "live_loop": ("Live loop in the browser", "the app in-process, headless Chromium with a fake webcam, the Live "
                   "tab streaming; FPS counted in the page, latency from camera frame to decoded output."),
     "live_loop_socket": ("Live loop without a browser", "the Live tab's WebSocket protocol driven from Python."),

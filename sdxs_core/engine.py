@@ -134,7 +134,7 @@ class OneStepEngine:
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._prompt_cache_size = prompt_cache_size
         self._noise_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a LoRA change re-calibrates an int8 backend
         self._loras: dict[str, float] = {}
         self._lora_sources: dict[str, tuple] = {}  # name -> (resolved path, mtime): which weights it holds
         self._weights_key: tuple = ()  # the U-Net's LoRA state, part of a traced graph's cache key

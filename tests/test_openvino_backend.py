@@ -100,7 +100,7 @@ def test_lora_is_fused_and_reconverted_on_change(tiny_dir, tiny_lora_file, cache
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8", "mixed"])
-def test_low_precision_within_tolerance(precision, tiny_dir, tiny_controlnet_dir, torch_engine, cache):
+def test_low_precision_within_tolerance(precision, tiny_dir, tiny_controlnet_dir, tiny_lora_file, torch_engine, cache):
     if precision == "bf16" and not BF16:
         pytest.skip("this CPU has no bf16 instructions")
     controlnet = tiny_controlnet_dir if precision == "bf16" else None  # int8 calibrates each network: keep it short
@@ -111,6 +111,9 @@ def test_low_precision_within_tolerance(precision, tiny_dir, tiny_controlnet_dir
     if precision != "bf16":
         stored = {e.network: e.precision for e in engine.backend.events}
         assert stored["decoder"] == "int8" and (stored["unet"] == "int8") == (precision == "int8")
+    if precision == "mixed":  # a LoRA re-calibrates the int8 decoder on the new U-Net's latents
+        engine.load_lora(tiny_lora_file, scale=0.5)
+        assert not engine.backend.events[-1].cached and engine.backend.events[-1].network == "decoder"
 
 
 def test_bf16_refused_without_cpu_support(monkeypatch):
