@@ -402,29 +402,6 @@ def test_replacing_a_linked_model_keeps_what_its_dependents_had(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student", "teacher"]  # no temp folders left
 
 
-def test_real_model_presets_name_only_real_options():
-    """presets.md's YAML blocks are what users copy: every key must be an option of its method."""
-    import dataclasses
-    import re
-
-    import yaml
-
-    from trainers.methods.controlnet_ssd import ControlNetSSDConfig
-    from trainers.methods.lora_ssd import LoRASSDConfig
-    from trainers.methods.ssd import SSDConfig
-
-    text = (Path(__file__).resolve().parents[1] / "trainers" / "configs" / "presets.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
-    methods = {"controlnet_ssd.py": ControlNetSSDConfig, "lora_ssd.py": LoRASSDConfig}
-    seen = set()
-    for block in blocks:
-        config = next((c for name, c in methods.items() if name in block.splitlines()[0]), SSDConfig)
-        seen.add(config)
-        unknown = set(yaml.safe_load(block)) - {f.name for f in dataclasses.fields(config)}
-        assert not unknown, f"{config.__name__} has no option {sorted(unknown)}"
-    assert seen == {SSDConfig, ControlNetSSDConfig, LoRASSDConfig}
-
-
 def test_prompt_sources_are_registered_not_imported_by_the_core(tmp_path):
     import ast
     from pathlib import Path

@@ -36,18 +36,40 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+PF_EXITING = 0x4  # /proc/PID/stat flags (include/linux/sched.h): the process is in its exit
+SIGKILL_PENDING = 1 << (signal.SIGKILL - 1)  # its bit in /proc/PID/status SigPnd / ShdPnd
+
+
 def _proc_start(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot), or None if it is gone or a zombie."""
+    """The process's start time (clock ticks since boot), or None if it is gone, a zombie or dying.
+
+    A killed process is not gone at once: until the kernel has run it through its exit (which on a busy
+    machine takes a while) it shows as running, with SIGKILL pending and then the exiting flag. It never
+    trains again, so it counts as gone; else a tick right after a kill would keep its job running."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
+    if fields[0] in ("Z", "X", "x") or int(fields[6]) & PF_EXITING:
+        return None
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return None if pending & SIGKILL_PENDING else fields[19]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:  # ended while the caller looked
+        return None
 
 
 def group_alive(pid: int | None) -> bool:
-    """Whether any process of the worker's process group still runs (not counting zombies)."""
+    """Whether any process of the worker's process group still runs (not counting zombies or dying ones)."""
     if not pid:
         return False
     try:
@@ -58,11 +80,9 @@ def group_alive(pid: int | None) -> bool:
         return True
     if _proc_start(pid) is not None:
         return True
-    try:  # the leader is gone or a zombie: are any of its group left?
-        return any(os.getpgid(int(p.name)) == pid and _proc_start(int(p.name)) is not None
-                   for p in Path("/proc").iterdir() if p.name.isdigit())
-    except OSError:
-        return False
+    # the leader is gone or dying: are any of its group left? (one process ending meanwhile ends no scan)
+    return any(_pgid(int(p.name)) == pid and _proc_start(int(p.name)) is not None
+               for p in Path("/proc").iterdir() if p.name.isdigit())
 
 
 def reason_from_log(log: Path, limit: int = 400) -> str:
