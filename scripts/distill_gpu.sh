@@ -11,7 +11,7 @@
 #        [(pairs -> tiny decoder) + block KD -> MSE baseline + FM warmup -> SSD (3 settings)];
 #        the best SSD student (prompt accuracy, then mFID, by the evaluator) becomes RUNS/ssd; then the
 #        student ControlNets (KD, then SSD) and the LoRA-SSD; fp16 exports in RUNS/assets.
-# Per-stage logs: RUNS/logs/. Figures of the session that ran it: README "Results".
+# Per-stage logs: RUNS/logs/. Figures: docs/results.md; history: docs/notebook/.
 set -uo pipefail
 RUNS=${1:-runs/gpu}
 TEACHER=${2:-assets/miniature/teacher}

@@ -184,7 +184,7 @@ class LayoutKeepingLoss:
     """``1 - local_structure`` between the decoded images of a styled sample and the same model's unstyled
     sample from the same noise and caption: a style LoRA may recolour the scene, not redraw it. The
     paper's LoRA-SSD has no such term; its targets (the LoRA teacher's ODE from the same noise) carry
-    other layouts in about 30 % of the miniature world's scenes (see the README)."""
+    other layouts in about 30 % of the miniature world's scenes (see docs/notebook/)."""
 
     def __init__(self, vae, window: int = 7):
         self.vae, self.window = vae, window

@@ -7,7 +7,7 @@ Frozen:  the offline DM = the offline U-Net + the pretrained style LoRA (real sc
          student's base weights; the text encoder. With ``restyle_strength`` < 1 the FM targets are
          the plain ODE pairs restyled by the LoRA teacher (SDEdit from each pair's own noise), targets
          that keep the plain images' layouts where the LoRA teacher's own ODE often changes them (in
-         the miniature world this raised style, not layout consistency: see the README).
+         the miniature world this raised style, not layout consistency: see docs/notebook/).
 Trained: a new PEFT LoRA on the one-step student (rank / alpha / targets / blocks configurable; B starts at
          zero, so training starts from the student itself: no FM warmup; ``lora_init`` continues one
          this method wrote instead); the online DM, a full copy of the offline U-Net *without* the
