@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from .devices import resolve_device, resolve_dtype
-from .errors import NotAPipelineError
+from .errors import ONE_STEP_MAX_STEPS, NotAPipelineError
 from .fits import check_vae_fits
-from .presets import DEFAULT_MODEL, PRESETS
+from .presets import DEFAULT_MODEL, PRESETS, Preset
 from .sources import resolve_model_dir
 
 
@@ -43,6 +43,17 @@ def validate_pipeline_dir(path: Path) -> dict:
         raise NotAPipelineError(f"'{path}' is a {info.get('_class_name', 'pipeline')} without "
                                 f"{', '.join(missing)}; SDXS needs a Stable-Diffusion-style text-to-image pipeline")
     return info
+
+
+def is_one_step(path: Path, preset: Preset | None = None) -> bool:
+    """A distilled model: a pipeline preset (the SDXS releases) or a folder our trainers wrote from a
+    teacher (``train_info.json`` names it). Teachers and unknown folders keep every step count."""
+    if preset is not None and preset.kind == "pipeline":
+        return True
+    try:
+        return "teacher" in json.loads((path / "train_info.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def validate_controlnet_dir(path: Path) -> None:
@@ -172,6 +183,8 @@ def load_engine(model: str | os.PathLike = DEFAULT_MODEL, controlnet: str | os.P
     graphs = device.type == "cpu" if graphs is None else graphs
     engine = OneStepEngine(**components, name=preset.name if preset else str(model), graphs=graphs,
                            backend=make_backend(backend, device, dtype, precision, cache_dir, calibration_prompts))
+    if is_one_step(path, preset):
+        engine.max_steps = ONE_STEP_MAX_STEPS
     if controlnet is not None:
         engine.set_controlnet(load_controlnet(controlnet, device, dtype))
     if lora is not None:

@@ -1,0 +1,83 @@
+"""Bad input at every boundary (engine, LoRA files, model folders, CLI, app, live socket): refused
+with a message naming the field and its range, never a silent black image or a traceback."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sdxs_core.errors import RANGES, InvalidInputError, NonFiniteOutputError, check
+
+SIZE = dict(height=64, width=64)
+NAN, INF = float("nan"), float("inf")
+
+
+# ---- the one table of ranges --------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value,words", [
+    ("Images", 0, "Images: at least 1"), ("Images", -3, "Images: at least 1"), ("Images", 17, "Images: at most 16"),
+    ("Seed", 2**63, "Seed: at most 2**63 - 1"), ("Seed", -1, "Seed: at least 0"),
+    ("Guidance", NAN, "Guidance: must be a finite number in [0, 30]"),
+    ("Control strength", 1e300, "Control strength: at most 2"), ("LoRA scale", INF, "LoRA scale: must be a finite"),
+    ("Strength", -0.5, "Strength: at least 0"), ("Steps", 0, "Steps: at least 1"),
+])
+def test_ranges_name_the_field_and_range(field, value, words):
+    with pytest.raises(InvalidInputError, match=rf"^{__import__('re').escape(words)}") as e:
+        check(field, value)
+    assert e.value.field == field and "[" in str(e.value)
+
+
+def test_text_is_parsed_only_where_asked():
+    assert check("Seed", " 12 ", text=True) == 12 and check("Images", 2.0) == 2
+    with pytest.raises(InvalidInputError, match="^Seed: must be an integer"):
+        check("Seed", "abc", text=True)
+    with pytest.raises(InvalidInputError, match="^Seed: must be an integer"):
+        check("Seed", "12")  # Python callers pass numbers
+    assert set(RANGES) >= {"Seed", "Images", "Steps", "Guidance", "Control strength", "LoRA scale", "Strength"}
+
+
+# ---- the engine ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(num_images=0), "Images: at least 1"), (dict(num_images=-3), "Images: at least 1"),
+    (dict(guidance_scale=NAN), "Guidance: must be a finite"), (dict(guidance_scale=INF), "Guidance: must be a finite"),
+    (dict(control_scale=NAN), "Control strength: must be a finite"), (dict(seed=2**63), "Seed: at most"),
+    (dict(num_inference_steps=1001), "Steps: at most 1000"),
+])
+def test_engine_refuses_out_of_range_numbers(engine, kwargs, words):
+    with pytest.raises(InvalidInputError, match=f"^{words}"):
+        engine.generate("a", **SIZE, **kwargs)
+
+
+def test_engine_refuses_a_non_finite_lora_scale(engine, tiny_lora_file):
+    with pytest.raises(InvalidInputError, match="^LoRA scale"):
+        engine.load_lora(tiny_lora_file, scale=NAN)
+    assert engine.loras == {}
+    name = engine.load_lora(tiny_lora_file, scale=0.5)
+    with pytest.raises(InvalidInputError, match="^LoRA scale"):
+        engine.set_lora_scale(name, INF)
+    assert engine.loras == {name: 0.5}
+
+
+def test_nan_weights_give_an_error_not_a_black_image(engine):
+    """Whatever puts NaN into the network (a broken ControlNet, fp16 overflow), the output is checked."""
+    with torch.no_grad():
+        engine.unet.conv_out.bias.fill_(NAN)
+    engine._networks_changed()
+    for output_type in ("pil", "latent"):
+        with pytest.raises(NonFiniteOutputError, match="NaN/inf"):
+            engine.generate("a", seed=0, output_type=output_type, **SIZE)
+
+
+def test_a_distilled_model_refuses_many_steps(tiny_dir, tmp_path):
+    from sdxs_core import load_engine
+
+    student = shutil.copytree(tiny_dir, tmp_path / "student")
+    (student / "train_info.json").write_text(json.dumps({"method": "ssd", "teacher": str(tiny_dir)}))
+    engine = load_engine(student, device="cpu")
+    with pytest.raises(InvalidInputError, match="^Steps: at most 4 on the one-step model"):
+        engine.generate("a", seed=0, num_inference_steps=1000, **SIZE)
+    assert len(engine.generate("a", seed=0, num_inference_steps=2, **SIZE).images) == 1
+    teacher = load_engine(tiny_dir, device="cpu")  # no train_info: a teacher keeps its steps
+    assert teacher.max_steps == 1000
