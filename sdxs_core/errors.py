@@ -27,6 +27,10 @@ class IncompatibleWeightsError(SDXSError, ValueError):
     """A ControlNet or LoRA made for a different base model."""
 
 
+class CorruptWeightsError(SDXSError, ValueError):
+    """Weights that read but cannot be used: NaN or inf values (a diverged training run)."""
+
+
 class PromptTruncatedWarning(UserWarning):
     """A prompt longer than the text encoder's window (77 tokens for CLIP) was cut."""
 

@@ -79,11 +79,11 @@ def lora_cross_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
 
 def lora_fits(unet, source: str) -> bool:
     """Check a local LoRA against ``unet`` exactly as loading would, from shapes alone."""
-    from .lora import check_lora_fits, read_lora
+    from .lora import check_lora_fits, lora_is_finite, read_lora
 
     path = Path(source)
     shapes = lora_key_shapes(path)
-    if shapes is None:
+    if shapes is None or not lora_is_finite(path):
         return False
     prefixes = ("unet.", "base_model.model.")
     if all(k.startswith(prefixes) for k in shapes):

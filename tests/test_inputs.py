@@ -81,3 +81,70 @@ def test_a_distilled_model_refuses_many_steps(tiny_dir, tmp_path):
     assert len(engine.generate("a", seed=0, num_inference_steps=2, **SIZE).images) == 1
     teacher = load_engine(tiny_dir, device="cpu")  # no train_info: a teacher keeps its steps
     assert teacher.max_steps == 1000
+
+
+# ---- LoRA files ---------------------------------------------------------------------------------------
+def _nan_lora(tiny_lora_file, out):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tiny_lora_file)
+    key = sorted(state)[0]
+    state[key][0, 0] = NAN
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, out)
+    return out
+
+
+def test_a_pickle_lora_is_refused_without_unpickling(engine, tiny_lora_file, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from sdxs_core.errors import NotAPipelineError
+
+    path = tmp_path / "lora.bin"
+    torch.save(load_file(tiny_lora_file), path)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was opened"))
+    with pytest.raises(NotAPipelineError, match="safetensors only"):
+        engine.load_lora(path)
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": ["to_q"]}))
+    shutil.copy(path, peft / "adapter_model.bin")
+    with pytest.raises(NotAPipelineError, match="safetensors only"):
+        engine.load_lora(peft)
+    assert engine.loras == {}
+
+
+def test_a_lora_with_nan_weights_is_refused_at_load(engine, tiny_lora_file, tmp_path):
+    from sdxs_core.errors import CorruptWeightsError
+    from sdxs_core.lora import lora_is_finite
+
+    bad = _nan_lora(tiny_lora_file, tmp_path / "nan.safetensors")
+    with pytest.raises(CorruptWeightsError, match="NaN/inf values in 1 of its"):
+        engine.load_lora(bad)
+    assert engine.loras == {} and not lora_is_finite(bad) and lora_is_finite(tiny_lora_file)
+    assert len(engine.generate("a", seed=0, **SIZE).images) == 1  # the engine is untouched
+
+
+def test_a_broken_adapter_config_names_the_file(engine, tiny_dir, tmp_path):
+    from sdxs_core.errors import NotAPipelineError
+    from sdxs_core.testkit import write_tiny_lora
+
+    peft = write_tiny_lora(tiny_dir, tmp_path / "peft", fmt="peft")
+    (peft / "adapter_config.json").write_text('{"r": 4 "lora_alpha": 4}')
+    with pytest.raises(NotAPipelineError, match=r"adapter_config.json' is not valid JSON"):
+        engine.load_lora(peft)
+    (peft / "adapter_config.json").write_text('{"r": "four", "target_modules": 3}')
+    with pytest.raises(NotAPipelineError, match="adapter_config.json"):
+        engine.load_lora(peft)
+    assert engine.loras == {}
+
+
+def test_a_nan_lora_is_never_offered_as_fitting(tiny_dir, tiny_lora_file, tmp_path):
+    from sdxs_core.fits import lora_fits
+
+    good = shutil.copy(tiny_lora_file, tmp_path / "good.safetensors")
+    bad = _nan_lora(tiny_lora_file, tmp_path / "bad.safetensors")
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_dir / "unet")
+    assert lora_fits(unet, str(good)) and not lora_fits(unet, str(bad))
