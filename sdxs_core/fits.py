@@ -38,6 +38,10 @@ FAMILY_SHAPES = {"sd1.5": BaseShape(768, (320, 640, 1280), 1), "sd2.1": BaseShap
 def check_controlnet_fits(controlnet, unet) -> None:
     """A ControlNet adds residuals to the U-Net's skip connections: widths must agree exactly."""
     c, u = controlnet.config, unet.config
+    if c.get("addition_embed_type") != u.get("addition_embed_type"):
+        raise IncompatibleWeightsError(
+            f"this ControlNet was made for another family (addition_embed_type={c.get('addition_embed_type')!r}, "
+            f"e.g. an SDXL ControlNet); the loaded U-Net has {u.get('addition_embed_type')!r}")
     if c.cross_attention_dim != u.cross_attention_dim:
         raise IncompatibleWeightsError(
             f"this ControlNet was made for a base with cross-attention width {c.cross_attention_dim}; "

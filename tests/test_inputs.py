@@ -148,3 +148,65 @@ def test_a_nan_lora_is_never_offered_as_fitting(tiny_dir, tiny_lora_file, tmp_pa
 
     unet = UNet2DConditionModel.from_pretrained(tiny_dir / "unet")
     assert lora_fits(unet, str(good)) and not lora_fits(unet, str(bad))
+
+
+# ---- model folders ------------------------------------------------------------------------------------
+def _sdxl_shaped(tiny_dir, out):
+    """The tiny pipeline made SDXL-shaped: a second text encoder and a U-Net wanting SDXL's extra
+    conditioning; every file loads, so only a family check can tell."""
+    from diffusers import UNet2DConditionModel
+
+    from sdxs_core.architectures import tiny_unet_config
+
+    folder = shutil.copytree(tiny_dir, out)
+    unet = UNet2DConditionModel(**tiny_unet_config(), addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=32 + 6 * 8)
+    shutil.rmtree(folder / "unet")
+    unet.save_pretrained(folder / "unet")
+    shutil.copytree(folder / "text_encoder", folder / "text_encoder_2")
+    shutil.copytree(folder / "tokenizer", folder / "tokenizer_2")
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(_class_name="StableDiffusionXLPipeline", text_encoder_2=index["text_encoder"],
+                 tokenizer_2=index["tokenizer"])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_a_pipeline_of_another_family_is_refused_at_load(tiny_dir, tmp_path):
+    from sdxs_core import NotAPipelineError, load_engine
+
+    folder = _sdxl_shaped(tiny_dir, tmp_path / "sdxl")
+    with pytest.raises(NotAPipelineError, match="SDXL-style StableDiffusionXLPipeline.*addition_embed_type='text_time'"):
+        load_engine(folder, device="cpu")
+
+
+def test_a_text_encoder_of_another_width_is_refused_at_load(tiny_dir, other_base_dir, tmp_path):
+    from sdxs_core import NotAPipelineError, load_engine
+
+    folder = shutil.copytree(tiny_dir, tmp_path / "mixed")
+    shutil.rmtree(folder / "unet")
+    shutil.copytree(other_base_dir / "unet", folder / "unet")
+    with pytest.raises(NotAPipelineError, match="text encoder gives 32-wide embeddings but the U-Net reads 48"):
+        load_engine(folder, device="cpu")
+
+
+def test_a_pipeline_folder_without_its_unet_names_what_is_missing(tiny_dir, tmp_path):
+    from sdxs_core import NotAPipelineError, load_engine
+
+    folder = shutil.copytree(tiny_dir, tmp_path / "no-unet")
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(NotAPipelineError, match=r"unet/config.json is missing"):
+        load_engine(folder, device="cpu")
+
+
+def test_an_sdxl_controlnet_is_refused(tiny_dir, tiny_controlnet_dir, tmp_path):
+    from sdxs_core import IncompatibleWeightsError, load_engine
+
+    from diffusers import ControlNetModel
+
+    config = dict(ControlNetModel.load_config(tiny_controlnet_dir), addition_embed_type="text_time",
+                  addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8)
+    folder = tmp_path / "cn-xl"
+    ControlNetModel.from_config(config).save_pretrained(folder)
+    with pytest.raises(IncompatibleWeightsError, match="another family"):
+        load_engine(tiny_dir, controlnet=folder, device="cpu")
