@@ -4,6 +4,7 @@ with a message naming the field and its range, never a silent black image or a t
 import json
 import math
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -210,3 +211,94 @@ def test_an_sdxl_controlnet_is_refused(tiny_dir, tiny_controlnet_dir, tmp_path):
     ControlNetModel.from_config(config).save_pretrained(folder)
     with pytest.raises(IncompatibleWeightsError, match="another family"):
         load_engine(tiny_dir, controlnet=folder, device="cpu")
+
+
+# ---- the command line ---------------------------------------------------------------------------------
+def _cli(capsys, *argv):
+    from sdxs_core.cli import main
+
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") <= 1, err
+    return code, err
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Checks that must happen before a model loads: loading fails the test."""
+    import sdxs_core.loading
+
+    monkeypatch.setattr(sdxs_core.loading, "load_engine", lambda *a, **k: pytest.fail("a model was loaded"))
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--num-images", "0"], "error: Images: at least 1"), (["--num-images", "-3"], "error: Images: at least 1"),
+    (["--seed", str(2**63)], "error: Seed: at most 2**63 - 1"), (["--guidance", "nan"], "error: Guidance: must be a finite"),
+    (["--control-scale", "inf"], "error: Control strength: must be a finite"),
+    (["--lora-scale", "nan"], "error: LoRA scale: must be a finite"), (["--steps", "0"], "error: Steps: at least 1"),
+])
+def test_cli_refuses_bad_numbers_before_loading(capsys, tmp_path, no_model_load, extra, words):
+    code, err = _cli(capsys, "generate", "--prompt", "a", "--out", str(tmp_path / "x.png"), *extra)
+    assert code == 2 and err.startswith(words) and "[--" in err
+
+
+def test_cli_checks_the_output_path_before_generating(capsys, tmp_path, no_model_load):
+    code, err = _cli(capsys, "generate", "--prompt", "a", "--out", str(tmp_path / "picture"))
+    assert code == 2 and "Out: " in err and "no image extension" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, err = _cli(capsys, "generate", "--prompt", "a", "--out", str(blocker / "x.png"))
+    assert code == 2 and "Out: cannot create the folder" in err
+
+
+def test_cli_refuses_bad_control_images_before_loading(capsys, tmp_path, no_model_load):
+    from PIL import Image
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    code, err = _cli(capsys, "generate", "--prompt", "a", "--out", str(tmp_path / "x.png"), "--control-image", str(text))
+    assert code == 2 and "Control image: 'notes.png' is not an image" in err
+    for side, words in ((60000, "claims more pixels than PIL will decode safely"), (9000, "is 9000x9000")):
+        bomb = tmp_path / f"bomb-{side}.png"
+        Image.new("L", (1, 1)).save(bomb)
+        data = bytearray(bomb.read_bytes())
+        data[16:24] = side.to_bytes(4, "big") * 2  # IHDR width and height: only the header claims the size
+        data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+        bomb.write_bytes(bytes(data))
+        code, err = _cli(capsys, "generate", "--prompt", "a", "--out", str(tmp_path / "x.png"), "--control-image",
+                         str(bomb))
+        assert code == 2 and f"Control image: '{bomb.name}' {words}" in err
+
+
+def test_cli_refuses_an_unknown_device_and_a_pickle_lora(capsys, tmp_path, tiny_dir, tiny_lora_file):
+    from safetensors.torch import load_file
+
+    code, err = _cli(capsys, "generate", "--prompt", "a", "--out", str(tmp_path / "x.png"), "--device", "tpu9")
+    assert code == 2 and err.startswith("error: Device: 'tpu9' is not a device")
+    pickle = tmp_path / "lora.bin"
+    torch.save(load_file(tiny_lora_file), pickle)
+    code, err = _cli(capsys, "generate", "--model", str(tiny_dir), "--prompt", "a", "--out", str(tmp_path / "x.png"),
+                     "--lora", str(pickle))
+    assert code == 2 and "safetensors only" in err
+
+
+def test_cli_honours_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from sdxs_core.images import read_image_file
+
+    photo = Image.new("RGB", (40, 20), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    assert read_image_file(tmp_path / "phone.jpg").size == (20, 40)
+
+
+def test_cli_info_columns_line_up(capsys):
+    from sdxs_core.cli import main
+
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    starts = {line.index(" pipeline ") for line in lines if " pipeline " in line}
+    sources = {len(line) - len(line.split()[-1]) for line in lines}
+    assert len(starts) == 1 and len(sources) == 1, lines
