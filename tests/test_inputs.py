@@ -302,3 +302,75 @@ def test_cli_info_columns_line_up(capsys):
     starts = {line.index(" pipeline ") for line in lines if " pipeline " in line}
     sources = {len(line) - len(line.split()[-1]) for line in lines}
     assert len(starts) == 1 and len(sources) == 1, lines
+
+
+# ---- the live socket ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("header,words", [
+    ({"strength": 1e300}, "Control strength: at most 2"), ({"strength": "nan"}, "Control strength: must be a finite"),
+    ({"strength": None}, "Control strength: must be a finite"), ({"seed": "abc"}, "Seed: must be an integer"),
+    ({"seed": 2**63}, "Seed: at most 2**63 - 1"), ({"seed": 2.5}, "Seed: must be an integer"),
+])
+def test_live_frame_settings_are_checked_by_name(header, words):
+    from sdxs_core.live_socket import FrameError, frame_params
+    from sdxs_core.stream import LiveParams
+
+    with pytest.raises(FrameError, match=f"^{__import__('re').escape(words)}"):
+        frame_params(header)
+    assert frame_params({"strength": "0.5", "seed": 3.0}) == LiveParams("", "canny", 0.5, 3)
+
+
+# ---- the app ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    import socket
+
+    from gradio_client import Client
+
+    from app import build_demo
+    from sdxs_core.studio import ModelHub, ensure_tiny_model
+
+    root = tmp_path_factory.mktemp("inputs-app") / "outputs"
+    ensure_tiny_model(root)
+    hub = ModelHub(search_dirs=[root], device="cpu", outputs=root)
+    hub.start("outputs/tiny-model")
+    demo = build_demo(hub)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def _api_error(client, *args, api_name):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as e:
+        client.predict(*args, api_name=api_name)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("args,words", [
+    (("a", "none", "abc", False, 2), "Seed: must be an integer"),
+    (("a", "none", 0, False, 0), "Images: at least 1"),
+    (("a", "none", 0, False, 9), "Images: at most 8"),
+    (("a", "none", -5, False, 1), "Seed: at least 0"),
+])
+def test_the_generate_endpoint_names_the_field(app_client, args, words):
+    assert words in _api_error(app_client, *args, api_name="/generate")
+
+
+def test_the_live_and_sketch_endpoints_name_the_field(app_client, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    frame = tmp_path / "frame.png"
+    Image.new("RGB", (32, 32), "white").save(frame)
+    message = _api_error(app_client, handle_file(str(frame)), "a", "canny", 5.0, 0, api_name="/live_frame")
+    assert "Control strength: at most 2" in message
+    message = _api_error(app_client, handle_file(str(frame)), "a", "canny", 1.0, "x", api_name="/live_frame")
+    assert "Seed: must be an integer" in message
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    message = _api_error(app_client, handle_file(str(junk)), "a", "canny", 1.0, 0, api_name="/live_frame")
+    assert "Frame: not an image the server can read" in message
