@@ -156,10 +156,11 @@ def apply_lora(unet, source: str | os.PathLike, adapter_name: str) -> None:
         fields = {k: v for k, v in peft_config.items() if k in LoraConfig.__dataclass_fields__}
         fields.pop("base_model_name_or_path", None)
         try:
-            config = LoraConfig(**fields)
+            unet.add_adapter(LoraConfig(**fields), adapter_name=adapter_name)
         except (TypeError, ValueError) as e:
+            if adapter_name in getattr(unet, "peft_config", {}):
+                unet.delete_adapters(adapter_name)
             raise NotAPipelineError(f"LoRA '{source}': adapter_config.json is not a usable LoraConfig ({e})") from None
-        unet.add_adapter(config, adapter_name=adapter_name)
         result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
         if getattr(result, "unexpected_keys", None):
             unet.delete_adapters(adapter_name)

@@ -327,7 +327,8 @@ def app_client(tmp_path_factory):
     from gradio_client import Client
 
     from app import build_demo
-    from sdxs_core.studio import ModelHub, ensure_tiny_model
+    from sdxs_core.catalogue import ensure_tiny_model
+    from sdxs_core.hub import ModelHub
 
     root = tmp_path_factory.mktemp("inputs-app") / "outputs"
     ensure_tiny_model(root)
