@@ -375,3 +375,29 @@ def test_the_live_and_sketch_endpoints_name_the_field(app_client, tmp_path):
     junk.write_bytes(b"not an image at all")
     message = _api_error(app_client, handle_file(str(junk)), "a", "canny", 1.0, 0, api_name="/live_frame")
     assert "Frame: not an image the server can read" in message
+
+
+# ---- switching LoRAs in the app's model holder --------------------------------------------------------
+def test_a_failed_lora_switch_keeps_the_active_lora(tiny_dir, tmp_path):
+    from sdxs_core.catalogue import ensure_tiny_model
+    from sdxs_core.hub import ModelHub, TextRequest, text_to_image
+    from sdxs_core.testkit import write_tiny_lora
+
+    root = tmp_path / "outputs"
+    model, _ = ensure_tiny_model(root)
+    write_tiny_lora(model, root / "good")
+    broken = write_tiny_lora(model, root / "broken", fmt="peft")
+    hub = ModelHub(search_dirs=[root], device="cpu", outputs=root)
+    hub.start("outputs/tiny-model")
+    good = "outputs/good/pytorch_lora_weights.safetensors"
+    assert "at scale 0.5" in hub.set_lora(good, 0.5)
+    before = np.asarray(text_to_image(hub, TextRequest("a", seed=3)).images[0])
+    (broken / "adapter_config.json").write_text('{"r": 4 "lora_alpha": 4}')  # broken after it was listed
+    notice = hub.set_lora("outputs/broken", 1.0)
+    assert "not loaded" in notice and "not valid JSON" in notice and f"Still using **{good}**" in notice
+    assert hub.lora_key == good and len(hub.engine.loras) == 1
+    after = np.asarray(text_to_image(hub, TextRequest("a", seed=3)).images[0])
+    assert np.array_equal(before, after)
+    hub.set_lora_scale(1.0)
+    assert list(hub.engine.loras.values()) == [1.0]
+    assert hub.set_lora("none") == "No LoRA." and hub.lora_key is None and hub.engine.loras == {}
