@@ -401,3 +401,80 @@ def test_a_failed_lora_switch_keeps_the_active_lora(tiny_dir, tmp_path):
     hub.set_lora_scale(1.0)
     assert list(hub.engine.loras.values()) == [1.0]
     assert hub.set_lora("none") == "No LoRA." and hub.lora_key is None and hub.engine.loras == {}
+
+
+# ---- shipped folders in plain diffusers ---------------------------------------------------------------
+def _shipped(kind):
+    from sdxs_core.presets import ASSETS
+
+    root = ASSETS / "miniature"
+    if kind == "pipeline":
+        return sorted(p for p in root.iterdir() if (p / "model_index.json").is_file())
+    return sorted(f for p in root.iterdir() if p.name.startswith("lora-") for f in p.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("folder", _shipped("pipeline"), ids=lambda p: p.name)
+def test_shipped_pipelines_generate_in_plain_diffusers(folder):
+    """``StableDiffusionPipeline.from_pretrained(folder)`` as a diffusers user types it, no dtype
+    given: every component must come out in one dtype, and one generation must run."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    dtypes = {name: m.dtype for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    assert set(dtypes.values()) == {torch.float32}, dtypes
+    image = pipe("a red circle", num_inference_steps=1, guidance_scale=0.0, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.isfinite(image).all() and image.std() > 0.01
+
+
+@pytest.mark.parametrize("lora", _shipped("lora"), ids=lambda p: p.parent.name)
+def test_shipped_loras_load_in_plain_diffusers(lora):
+    """Each shipped LoRA on the pipeline it was made for (the one whose U-Net it fits), through
+    diffusers' own ``load_lora_weights``; the image must change and stay finite."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdxs_core.fits import lora_fits
+
+    base = next(p for p in _shipped("pipeline") if lora_fits(
+        StableDiffusionPipeline.from_pretrained(p, safety_checker=None, requires_safety_checker=False).unet, str(lora)))
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    kw = dict(num_inference_steps=1, guidance_scale=0.0, output_type="np")
+    plain = pipe("a red circle", generator=torch.Generator().manual_seed(0), **kw).images[0]
+    pipe.load_lora_weights(lora)
+    styled = pipe("a red circle", generator=torch.Generator().manual_seed(0), **kw).images[0]
+    assert np.isfinite(styled).all() and np.abs(styled - plain).max() > 1e-3
+
+
+def test_a_half_precision_export_loads_in_float32(tmp_path):
+    """What the recipes' fp16 exports write: half weights on disk, float32 on a plain load."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdxs_core.testkit import build_tiny_pipeline
+    from trainers.core.pipeline_folder import write_pipeline_atomically
+
+    pipe = build_tiny_pipeline()
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.half()
+    out = write_pipeline_atomically(pipe, tmp_path / "half")
+    loaded = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
+    assert loaded.text_encoder.dtype == loaded.unet.dtype == torch.float32
+    from safetensors import safe_open
+
+    with safe_open(str(out / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+
+
+def test_the_default_model_gives_the_engines_images_in_plain_diffusers():
+    from diffusers import StableDiffusionPipeline
+
+    from sdxs_core import load_engine
+    from sdxs_core.presets import DEFAULT_MODEL, PRESETS
+
+    pipe = StableDiffusionPipeline.from_pretrained(PRESETS[DEFAULT_MODEL].source, safety_checker=None,
+                                                   requires_safety_checker=False)
+    ref = pipe(["a red circle", "a blue square"], num_inference_steps=1, guidance_scale=0.0, output_type="np",
+               generator=[torch.Generator().manual_seed(s) for s in (4, 5)]).images
+    out = load_engine(DEFAULT_MODEL, device="cpu").generate(["a red circle", "a blue square"], seed=[4, 5],
+                                                            output_type="np").images
+    assert np.abs(out - ref).max() <= 1 / 255
