@@ -664,7 +664,7 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
             # below serves /sketch for API clients
             gr.HTML(html_template=SKETCH_HTML, js_on_load=live_socket.sketch_js(), apply_default_css=False,
                     elem_id="sketch-view")
-            pad = gr.Sketchpad(type="numpy", canvas_size=(512, 512), visible=False)
+            pad = checked_image(gr.Sketchpad(type="numpy", canvas_size=(512, 512), visible=False, label="Sketch"))
             sketch_out = gr.Image(format="jpeg", visible=False)
             sketch_info = gr.Markdown(visible=False)
             with gr.Row():

@@ -478,3 +478,19 @@ def test_the_default_model_gives_the_engines_images_in_plain_diffusers():
     out = load_engine(DEFAULT_MODEL, device="cpu").generate(["a red circle", "a blue square"], seed=[4, 5],
                                                             output_type="np").images
     assert np.abs(out - ref).max() <= 1 / 255
+
+
+def test_the_sketch_endpoint_names_bad_input(app_client, tmp_path):
+    from gradio_client import handle_file
+
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    canvas = {"background": handle_file(str(junk)), "layers": [], "composite": handle_file(str(junk))}
+    assert "Sketch: not an image" in _api_error(app_client, canvas, "a", 0.8, 0, api_name="/sketch")
+    from PIL import Image
+
+    good = tmp_path / "pad.png"
+    Image.new("RGB", (64, 64), "white").save(good)
+    canvas = {"background": handle_file(str(good)), "layers": [], "composite": handle_file(str(good))}
+    assert "Seed: must be an integer" in _api_error(app_client, canvas, "a", 0.8, "x", api_name="/sketch")
+    assert "Sketch strength: must be a finite" in _api_error(app_client, canvas, "a", "nan", 0, api_name="/sketch")
