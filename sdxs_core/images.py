@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInputError
+from .limits import MAX_IMAGE_SIDE
 
 ImageLike = Image.Image | np.ndarray
 
@@ -65,9 +66,6 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 def to_rgb_image(image: ImageLike) -> Image.Image:
     return Image.fromarray(to_rgb_array(image))
-
-
-MAX_IMAGE_SIDE = 8192  # a control image is resized to the model's size; larger is a mistake or an attack
 
 
 def read_image_file(path: str | Path, field: str = "Image", max_side: int = MAX_IMAGE_SIDE) -> Image.Image:
