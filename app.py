@@ -22,7 +22,7 @@ import yaml
 from sdxs_core import access, limits, live_socket
 from sdxs_core.control import EXTRACTORS, sketch_to_control
 from sdxs_core.devices import serving_threads
-from sdxs_core.errors import SDXSError
+from sdxs_core.errors import RANGES, InvalidInputError, Range, SDXSError
 from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats, control_mismatch
 from sdxs_core.hub import ModelHub, TextRequest, text_to_image
 from trainers.jobs.inputs import data_folders, resolve_data_folder, save_image_uploads, save_lora_upload
@@ -114,6 +114,45 @@ SKETCH_HTML = f"""<div class="sdxs-sketch">
 
 def live_gate() -> live_socket.LiveGate:
     return live_socket.LiveGate(slots=LIVE_STREAMS, turn_s=LIVE_TURN_S)
+
+
+def refuse(e: Exception) -> gr.Error:
+    """A bad input as a toast and an API error that say which field; not logged as a crash."""
+    return gr.Error(str(e), print_exception=False)
+
+
+def checked(component):
+    """Gradio's own checks answer "Value 0 is less than minimum value 1", or a generic error for
+    "abc"; this checks a Number or Slider through ``sdxs_core.errors.RANGES`` (narrowed to the
+    control's bounds), so the toast and the API error name the field: "Images: at least 1"."""
+    known = RANGES.get(component.label)
+    low = component.minimum if component.minimum is not None else (known.low if known else -float("inf"))
+    high = component.maximum if component.maximum is not None else (known.high if known else float("inf"))
+    rule = Range(component.label, low, high, component.precision == 0 or bool(known and known.integer))
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return gradio_preprocess(rule.check(payload, text=True))
+        except InvalidInputError as e:
+            raise refuse(e) from None
+
+    component.preprocess = preprocess
+    return component
+
+
+def checked_image(component):
+    """An image input that names itself when a client sends a file that is not an image."""
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return gradio_preprocess(payload)
+        except Exception as e:  # PIL's UnidentifiedImageError, DecompressionBombError, OSError, ...
+            raise refuse(f"{component.label or 'Image'}: not an image the server can read ({type(e).__name__})") from None
+
+    component.preprocess = preprocess
+    return component
 
 
 def launch_options(hub: ModelHub, train: bool = False, gate: live_socket.LiveGate | None = None) -> dict:
@@ -504,6 +543,8 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
     def generate(prompt, style, seed, randomize, num_images):
         try:
             out = text_to_image(hub, TextRequest(prompt or "", style, int(seed or 0), bool(randomize), int(num_images)))
+        except InvalidInputError as e:
+            raise refuse(e) from None
         except (SDXSError, ValueError) as e:
             gr.Warning(str(e))
             return gr.skip(), f"⚠️ {e}"
@@ -518,6 +559,8 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
             limits.check_image(frame, "Frame")
             params = LiveParams(prompt or "", control_type, float(strength), int(seed or 0))
             result = run_live(session, frame, params)
+        except InvalidInputError as e:
+            raise refuse(e) from None
         except (SDXSError, ValueError) as e:
             return gr.skip(), gr.skip(), f"⚠️ {e}", gr.skip()
         if result is None:  # superseded by a newer frame of this session
@@ -539,6 +582,8 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         try:
             params = LiveParams(prompt or "", "none", float(strength), int(seed or 0))
             result = run_live(session, control, params)
+        except InvalidInputError as e:
+            raise refuse(e) from None
         except (SDXSError, ValueError) as e:
             return gr.skip(), f"⚠️ {e}"
         if result is None:
@@ -586,14 +631,14 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
                     prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, placeholder="Describe the image")
                     with gr.Row():
                         style = gr.Dropdown(list(hub.styles()), value="none", label="Style")
-                        num_images = gr.Slider(1, 8, value=4, step=1, label="Images")
+                        num_images = checked(gr.Slider(1, 8, value=4, step=1, label="Images"))
                     with gr.Row():
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                        seed = checked(gr.Number(0, label="Seed", precision=0, minimum=0))
                         randomize = gr.Checkbox(False, label="New random seed every time")
                     with gr.Row():
                         lora = gr.Dropdown([("none", "none"), *hub.choices("lora")], value=hub.lora_key or "none",
                                            label="LoRA (fits this model)")
-                        lora_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
+                        lora_scale = checked(gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale"))
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain")
                     t2i_info = gr.Markdown(elem_id="t2i-info")
@@ -604,10 +649,11 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
             with gr.Row():
                 live_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="live-prompt")
                 control_type = gr.Radio(list(EXTRACTORS), value="canny", label="Control", elem_id="live-control-type")
-                strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Control strength", elem_id="live-strength")
-                live_seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="live-seed")
+                strength = checked(gr.Slider(0, 2, value=0.8, step=0.05, label="Control strength",
+                                             elem_id="live-strength"))
+                live_seed = checked(gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="live-seed"))
             # /live_frame: the per-frame function for API clients (gradio_client), one frame per call
-            api_frame = gr.Image(type="numpy", visible=False)
+            api_frame = checked_image(gr.Image(type="numpy", visible=False, label="Frame"))
             api_out, api_control = gr.Image(format="jpeg", visible=False), gr.Image(format="jpeg", visible=False)
             api_readout, api_json = gr.Markdown(visible=False), gr.JSON(visible=False)
             api_button = gr.Button(visible=False)
@@ -618,14 +664,14 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
             # below serves /sketch for API clients
             gr.HTML(html_template=SKETCH_HTML, js_on_load=live_socket.sketch_js(), apply_default_css=False,
                     elem_id="sketch-view")
-            pad = gr.Sketchpad(type="numpy", canvas_size=(512, 512), visible=False)
+            pad = checked_image(gr.Sketchpad(type="numpy", canvas_size=(512, 512), visible=False, label="Sketch"))
             sketch_out = gr.Image(format="jpeg", visible=False)
             sketch_info = gr.Markdown(visible=False)
             with gr.Row():
                 sketch_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="sketch-prompt")
-                sketch_strength = gr.Slider(0, 2, value=0.8, step=0.05, label="Sketch strength",
-                                            elem_id="sketch-strength")
-                sketch_seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="sketch-seed")
+                sketch_strength = checked(gr.Slider(0, 2, value=0.8, step=0.05, label="Sketch strength",
+                                                    elem_id="sketch-strength"))
+                sketch_seed = checked(gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="sketch-seed"))
             sketch_state = gr.State(LiveSession())
 
         with gr.Tab("Models"):

@@ -1,42 +1,73 @@
 """Command line: ``python -m sdxs_core generate ...`` and ``python -m sdxs_core info``."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .errors import SDXSError
+from .errors import InvalidInputError, SDXSError, check
 from .loading import BACKENDS
 from .openvino_backend import PRECISIONS
 from .presets import DEFAULT_MODEL
 
 
-def _generate(args) -> int:
+# flag -> the field its value is checked as (sdxs_core.errors.RANGES), so a CLI error names both
+_NUMBERS = {"seed": "Seed", "num_images": "Images", "height": "Height", "width": "Width", "steps": "Steps",
+            "guidance": "Guidance", "control_scale": "Control strength", "lora_scale": "LoRA scale"}
+
+
+def _check_args(args) -> Path:
+    """Everything that can be checked before a model loads: numbers, the output path, the control
+    image, so a mistake costs no generation."""
     from PIL import Image
 
+    for name, field in _NUMBERS.items():
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                setattr(args, name, check(field, value))
+            except InvalidInputError as e:
+                raise InvalidInputError(e.field, f"{str(e).removeprefix(e.field + ': ')} "
+                                        f"[--{name.replace('_', '-')}]") from None
+    target = Path(args.out).expanduser()
+    if target.suffix.lower() not in Image.registered_extensions():
+        raise InvalidInputError("Out", f"'{target}' has no image extension: name it .png, .jpg or .webp")
+    if target.is_dir():
+        raise InvalidInputError("Out", f"'{target}' is a folder: give a file name such as {target / 'image.png'}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError("Out", f"cannot create the folder '{target.parent}': {e.strerror or e}") from None
+    if not os.access(target.parent, os.W_OK):
+        raise InvalidInputError("Out", f"the folder '{target.parent}' is not writable")
+    return target
+
+
+def _generate(args) -> int:
     from .control import extract
+    from .images import read_image_file
     from .loading import load_engine
 
+    target = _check_args(args)
+    control = read_image_file(args.control_image, "Control image") if args.control_image else None
     engine = load_engine(args.model, controlnet=args.controlnet, lora=args.lora, lora_scale=args.lora_scale,
                          device=args.device, dtype=args.dtype, backend=args.backend, precision=args.precision,
                          cache_dir=args.cache_dir)
     for event in getattr(engine.backend, "events", []):
         print(event)
-    control = None
-    if args.control_image:
+    if control is not None:
         if engine.controlnet is None:
             raise SDXSError("--control-image needs a ControlNet: pass --controlnet PATH_OR_PRESET")
-        path = Path(args.control_image)
-        if not path.is_file():
-            raise SDXSError(f"control image '{path}' does not exist")
-        control = extract(args.control_type, Image.open(path)).image
+        control = extract(args.control_type, control).image
     out = engine.generate(args.prompt, seed=args.seed, num_images=args.num_images, height=args.height,
                           width=args.width, control_image=control, control_scale=args.control_scale,
                           num_inference_steps=args.steps, guidance_scale=args.guidance)
-    target = Path(args.out)
-    target.parent.mkdir(parents=True, exist_ok=True)
     for i, (image, seed) in enumerate(zip(out.images, out.seeds)):
         path = target if len(out.images) == 1 else target.with_name(f"{target.stem}-{i}{target.suffix}")
-        image.save(path)
+        try:
+            image.save(path)
+        except OSError as e:
+            raise InvalidInputError("Out", f"cannot write '{path}': {e.strerror or e}") from None
         print(f"{path}  seed={seed}")
     t = out.timings
     print(f"{engine.name}: {t.total_ms:.0f} ms total (text {t.text_ms:.0f}, control {t.control_ms:.0f}, "
@@ -52,15 +83,22 @@ def _info(args) -> int:
     device = resolve_device(args.device)
     print(f"device: {device}  dtype: {str(resolve_dtype(device, args.dtype)).removeprefix('torch.')}  "
           f"hub: {'offline (HF_HUB_OFFLINE)' if hub_offline() else 'online if reachable'}")
-    print(f"{'preset':32} {'kind':10} {'base':9} {'available':9} source")
+    rows = [("preset", "kind", "base", "available", "source")]
     for p in PRESETS.values():
         try:
             resolve_model_dir(p.name, kind=p.kind) if (p.bundled or hub_offline()) else _cached(p.source)
             available = "yes"
         except SDXSError:
             available = "no"
-        print(f"{p.name:32} {p.kind:10} {p.base:9} {available:9} {p.source}")
+        rows.append((p.name, p.kind, p.base, available, p.source))
+    print(table(rows))
     return 0
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns as wide as their widest cell (the last one unpadded)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]) for r in rows)
 
 
 def _cached(repo_id: str) -> None:
@@ -81,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate images from a prompt (and optionally a control image)")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--out", required=True, help="output PNG; a batch writes OUT-0.png, OUT-1.png, ...")
+    gen.add_argument("--out", required=True, help="output image (.png, .jpg, .webp); a batch writes OUT-0.png, ...")
     gen.add_argument("--model", default=DEFAULT_MODEL, help="preset name, local diffusers folder or hub id")
     gen.add_argument("--seed", type=int, default=None, help="image i uses seed + i; random if omitted")
     gen.add_argument("--num-images", type=int, default=1)
@@ -112,5 +150,5 @@ def main(argv=None) -> int:
     try:
         return _generate(args) if args.command == "generate" else _info(args)
     except (SDXSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, never a traceback
         return 2

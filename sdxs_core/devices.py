@@ -3,6 +3,8 @@ CPU are slow and bf16 is unsupported on many CPUs); both overridable."""
 
 import torch
 
+from .errors import InvalidInputError
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
            "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -10,9 +12,18 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError("Device", f"{device!r} is not a device: use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine; use 'cpu'")
+        raise InvalidInputError("Device", f"device {str(device)!r} requested but CUDA is not available on this "
+                                f"machine; use 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InvalidInputError("Device", f"{str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise InvalidInputError("Device", f"{str(device)!r} is not supported: use cpu or cuda")
     return device
 
 
@@ -22,7 +33,7 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))}")
+        raise InvalidInputError("Dtype", f"unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))}")
     return _DTYPES[dtype]
 
 

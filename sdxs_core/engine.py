@@ -23,13 +23,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .devices import synchronize
-from .errors import PromptTruncatedWarning
+from .errors import RANGES, InvalidInputError, NonFiniteOutputError, PromptTruncatedWarning, check
 from .fits import check_controlnet_fits
 from .graphs import GraphCache
 from .images import ImageLike, to_rgb_image
 from .sources import resolve_model_dir
 
-MAX_SEED = 2**64 - 1
+MAX_SEED = int(RANGES["Seed"].high)
 
 
 @dataclass
@@ -119,6 +119,8 @@ class OneStepEngine:
     ControlNet changes are global to the engine.
     """
 
+    max_steps = int(RANGES["Steps"].high)  # ``load_engine`` lowers it for a distilled one-step model
+
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet=None,
                  name: str = "model", prompt_cache_size: int = 128, graphs: bool = False,
                  backend=None):
@@ -193,6 +195,7 @@ class OneStepEngine:
 
         from .lora import apply_lora
 
+        scale = check("LoRA scale", scale)
         path = Path(source) if Path(str(source)).exists() else resolve_model_dir(source, kind="lora")[0]
         with self._lock:
             name = adapter_name or f"lora_{len(self._loras)}"
@@ -206,6 +209,7 @@ class OneStepEngine:
         return name
 
     def set_lora_scale(self, name: str, scale: float) -> None:
+        scale = check("LoRA scale", scale)
         with self._lock:
             if name not in self._loras:
                 raise KeyError(f"no LoRA named {name!r}; loaded: {sorted(self._loras)}")
@@ -341,19 +345,21 @@ class OneStepEngine:
         if any(not isinstance(p, str) for p in prompts):
             raise TypeError("prompt must be a string or a list of strings")
         for s in seeds:
-            if not _is_int(s):
-                raise TypeError(f"seed must be an integer, got {s!r}")
-            if not 0 <= int(s) <= MAX_SEED:
-                raise ValueError(f"seed {s} is out of range: use 0 <= seed <= 2**64 - 1")
+            check("Seed", s)
         m = self.size_multiple
         for side, v in (("height", height), ("width", width)):
-            if not isinstance(v, int) or v < m or v % m:
-                near = max(m, round(v / m) * m) if isinstance(v, (int, float)) else self.default_size
-                raise ValueError(f"{side}={v} is not a positive multiple of {m} for this model; try {near}")
+            if not _is_int(v) or v < m or v % m:
+                finite = isinstance(v, (int, float)) and np.isfinite(v)
+                near = max(m, round(v / m) * m) if finite else self.default_size
+                raise InvalidInputError(side.capitalize(), f"{side}={v} is not a positive multiple of {m} for "
+                                        f"this model; try {near}")
+            check(side.capitalize(), int(v))
         if control_image is not None and self.controlnet is None:
             raise ValueError("a control image was given but no ControlNet is loaded")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if self.max_steps < RANGES["Steps"].high and num_inference_steps > self.max_steps:
+            raise InvalidInputError("Steps", f"at most {self.max_steps} on the one-step model {self.name} "
+                                    f"(more steps only blur it), got {num_inference_steps}")
+        check("Steps", num_inference_steps)
 
     def check_init_latents(self, init_latents, strength, n, height, width, steps, cfg):
         shape = (n, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -387,6 +393,8 @@ class OneStepEngine:
 
         # 1. check inputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if num_images is not None:
+            num_images = check("Images", num_images)
         n = num_images or (len(seed) if isinstance(seed, list) else len(prompts))
         if len(prompts) == 1:
             prompts = prompts * n
@@ -401,6 +409,9 @@ class OneStepEngine:
         width = self.default_size if width is None else width
         self.check_inputs(prompts, seeds, height, width, control_image, num_inference_steps)
         seeds = [int(s) for s in seeds]
+        guidance_scale = check("Guidance", guidance_scale)
+        control_scale = check("Control strength", control_scale)
+        strength = check("Strength", strength)
         cfg = guidance_scale > 1.0
         if init_latents is not None:
             self.check_init_latents(init_latents, strength, n, height, width, num_inference_steps, cfg)
@@ -441,11 +452,13 @@ class OneStepEngine:
                                    guidance_scale, cfg, generators, timings, init_latents, strength)
 
         # 5. decode
+        self._check_finite(latents, "latents")
         if output_type == "latent":
             images = latents
         else:
             with clock("decode_ms"):
                 images = self.decode(latents, graphs, backend)
+            self._check_finite(images, "decoded image")
             images = self._postprocess(images, output_type)
         timings.total_ms = (time.perf_counter() - start) * 1e3
         return GenerationOutput(images=images, seeds=seeds, timings=timings)
@@ -476,6 +489,13 @@ class OneStepEngine:
                 out = uncond + guidance_scale * (cond - uncond)
             latents = scheduler.step(out, t, latents, **step_kwargs, return_dict=False)[0]
         return latents
+
+    def _check_finite(self, x: torch.Tensor, what: str) -> None:
+        """NaN or inf decode to a black image that looks like a result: refuse it instead."""
+        if not bool(torch.isfinite(x).all()):
+            loras = f" (LoRAs: {', '.join(f'{k} at {v:g}' for k, v in self._loras.items())})" if self._loras else ""
+            raise NonFiniteOutputError(f"{self.name} produced NaN/inf {what}{loras}: no image returned. A LoRA or "
+                                       f"ControlNet with broken weights, or fp16 overflow, are the usual causes")
 
     @staticmethod
     def _postprocess(images: torch.Tensor, output_type: str):

@@ -38,6 +38,10 @@ FAMILY_SHAPES = {"sd1.5": BaseShape(768, (320, 640, 1280), 1), "sd2.1": BaseShap
 def check_controlnet_fits(controlnet, unet) -> None:
     """A ControlNet adds residuals to the U-Net's skip connections: widths must agree exactly."""
     c, u = controlnet.config, unet.config
+    if c.get("addition_embed_type") != u.get("addition_embed_type"):
+        raise IncompatibleWeightsError(
+            f"this ControlNet was made for another family (addition_embed_type={c.get('addition_embed_type')!r}, "
+            f"e.g. an SDXL ControlNet); the loaded U-Net has {u.get('addition_embed_type')!r}")
     if c.cross_attention_dim != u.cross_attention_dim:
         raise IncompatibleWeightsError(
             f"this ControlNet was made for a base with cross-attention width {c.cross_attention_dim}; "
@@ -79,11 +83,11 @@ def lora_cross_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
 
 def lora_fits(unet, source: str) -> bool:
     """Check a local LoRA against ``unet`` exactly as loading would, from shapes alone."""
-    from .lora import check_lora_fits, read_lora
+    from .lora import check_lora_fits, lora_is_finite, read_lora
 
     path = Path(source)
     shapes = lora_key_shapes(path)
-    if shapes is None:
+    if shapes is None or not lora_is_finite(path):
         return False
     prefixes = ("unet.", "base_model.model.")
     if all(k.startswith(prefixes) for k in shapes):

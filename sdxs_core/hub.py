@@ -5,6 +5,7 @@ them to finish and holds new ones back until it is done. What exists to switch t
 ``sdxs_core.catalogue``.
 """
 
+import itertools
 import secrets
 import threading
 from collections import OrderedDict
@@ -16,7 +17,7 @@ from typing import Callable
 from .catalogue import (OUTPUTS, STYLES, TINY_NOTE, Entry, control_rank, control_type_of, discover, ensure_tiny_model,
                         local_path, pipeline_entry, read_json, same_files, styles_for)
 from .devices import resolve_device, resolve_dtype
-from .errors import ModelUnavailableError, SDXSError
+from .errors import ModelUnavailableError, SDXSError, check
 from .fits import FAMILY_SHAPES, BaseShape, lora_fits
 from .loading import load_controlnet, load_engine
 from .presets import ASSETS, DEFAULT_MODEL, PRESETS
@@ -83,6 +84,7 @@ class ModelHub:
         self.controlnet_key: str | None = None
         self.lora_key: str | None = None
         self.lora_scale = 1.0
+        self._adapters = itertools.count()  # fresh engine adapter names, so old and new LoRA can coexist
         self.notes: dict[str, str] = {}  # key -> standing notice shown while that model is loaded
         self._operator: dict[tuple[str, str], Entry] = {}  # paths given on the command line
         self._entries: dict[tuple[str, str], Entry] = {}
@@ -287,22 +289,32 @@ class ModelHub:
         converted = len(getattr(self.engine.backend, "events", []))
         try:
             with self._lock.exclusive():
-                if self.lora_key is not None:
-                    self.engine.unload_lora(LORA_NAME)
-                    self.lora_key = None
+                # the new LoRA loads beside the old one and replaces it only once it is in, so a
+                # failed switch leaves the previous LoRA active
+                old = self._adapter() if self.lora_key is not None else None
                 if entry is not None:
-                    self.engine.load_lora(entry.source, scale=scale, adapter_name=LORA_NAME)
-                    self.lora_key, self.lora_scale = entry.key, float(scale)
+                    new = f"{LORA_NAME}-{next(self._adapters)}"
+                    self.engine.load_lora(entry.source, scale=scale, adapter_name=new)
+                if old is not None:
+                    self.engine.unload_lora(old)
+                self.lora_key = entry.key if entry is not None else None
+                if entry is not None:
+                    self.lora_scale = float(scale)
         except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: PEFT/torch shape mismatches
-            return f"LoRA **{entry.key}** not loaded: {e}"
+            kept = f" Still using **{self.lora_key}**." if self.lora_key else ""
+            return f"LoRA **{entry.key}** not loaded: {e}{kept}"
         return (f"LoRA **{entry.key}** at scale {scale:g}." if entry else "No LoRA.") + _conversions(self.engine,
                                                                                                      converted)
+
+    def _adapter(self) -> str:
+        """The engine's name for the active LoRA (the one hub-made adapter it holds)."""
+        return next(n for n in self.engine.loras if n.startswith(f"{LORA_NAME}-"))
 
     def set_lora_scale(self, scale: float) -> None:
         with self._lock.exclusive():
             self.lora_scale = float(scale)
             if self.lora_key is not None:
-                self.engine.set_lora_scale(LORA_NAME, self.lora_scale)
+                self.engine.set_lora_scale(self._adapter(), self.lora_scale)
 
     def status(self) -> str:
         """One Markdown paragraph: what is loaded, on what, and any standing notice."""
@@ -342,8 +354,7 @@ def text_to_image(hub: ModelHub, request: TextRequest):
         raise ValueError(f"unknown style {request.style!r}; choose one of {sorted(STYLES)}")
     if request.style not in hub.styles():  # words its text encoder never learnt: a style in name only
         raise ValueError(f"style {request.style!r} means nothing to the loaded model; choose one of {list(hub.styles())}")
-    if not 1 <= request.num_images <= 16:
-        raise ValueError(f"num_images must be between 1 and 16, got {request.num_images}")
+    check("Images", request.num_images)
     seed = secrets.randbelow(2**31) if request.randomize else request.seed
     prompt = request.prompt.strip() + STYLES[request.style]
     with hub.using() as engine:

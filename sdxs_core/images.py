@@ -4,8 +4,13 @@ Control images arrive as PIL images in any mode (L, RGBA, I;16, F), or as numpy 
 uint8, uint16 or float). Everything downstream (extractors, the engine) sees one format.
 """
 
+from pathlib import Path
+
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidInputError
+from .limits import MAX_IMAGE_SIDE
 
 ImageLike = Image.Image | np.ndarray
 
@@ -61,3 +66,26 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 def to_rgb_image(image: ImageLike) -> Image.Image:
     return Image.fromarray(to_rgb_array(image))
+
+
+def read_image_file(path: str | Path, field: str = "Image", max_side: int = MAX_IMAGE_SIDE) -> Image.Image:
+    """An image file as upright RGB: the size in its header is checked before any pixel is decoded
+    (a 60000x60000 PNG of a few KB would otherwise take gigabytes), and EXIF orientation is applied,
+    as browsers and phones show it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(field, f"'{path}' does not exist or is not a file")
+    try:
+        with Image.open(path) as image:  # reads the header only
+            w, h = image.size
+            if max(w, h) > max_side:
+                raise InvalidInputError(field, f"'{path.name}' is {w}x{h}; the largest side accepted is {max_side} px")
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except Image.DecompressionBombError:
+        raise InvalidInputError(field, f"'{path.name}' claims more pixels than PIL will decode safely") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, InvalidInputError):
+            raise
+        raise InvalidInputError(field, f"'{path.name}' is not an image this program can read (PNG, JPEG, WebP, ...): "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

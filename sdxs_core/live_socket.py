@@ -52,7 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .errors import SDXSError
+from .errors import SDXSError, check
 from .stream import STATIC_THRESHOLD, LiveParams, LiveSession, control_mismatch
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,8 @@ def unpack(message: bytes) -> tuple[dict, bytes]:
 def frame_params(header: dict) -> LiveParams:
     """The settings a frame carries, validated as the Gradio controls' values are."""
     try:
-        strength = float(header.get("strength", 0.8))
-        seed = header.get("seed", 0)
-        if isinstance(seed, float) and seed.is_integer():  # JavaScript numbers: 3.0 is the integer 3
-            seed = int(seed)
+        strength = check("Control strength", header.get("strength", 0.8), text=True)
+        seed = check("Seed", header.get("seed", 0), text=True)  # JavaScript numbers: 3.0 is the integer 3
         prompt = header.get("prompt", "")
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be text, got {type(prompt).__name__}")

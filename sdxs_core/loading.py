@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from .devices import resolve_device, resolve_dtype
-from .errors import NotAPipelineError
+from .errors import ONE_STEP_MAX_STEPS, NotAPipelineError
 from .fits import check_vae_fits
-from .presets import DEFAULT_MODEL, PRESETS
+from .presets import DEFAULT_MODEL, PRESETS, Preset
 from .sources import resolve_model_dir
 
 
@@ -42,7 +42,67 @@ def validate_pipeline_dir(path: Path) -> dict:
     if missing:
         raise NotAPipelineError(f"'{path}' is a {info.get('_class_name', 'pipeline')} without "
                                 f"{', '.join(missing)}; SDXS needs a Stable-Diffusion-style text-to-image pipeline")
+    check_family(path, info)
     return info
+
+
+_COMPONENT_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                    "scheduler": "scheduler_config.json"}
+
+
+def check_family(path: Path, info: dict) -> None:
+    """Refuse, from configs alone, a folder that StableDiffusionPipeline would load and then fail
+    on at the first generation: an SDXL-style pipeline (two text encoders, a U-Net wanting extra
+    conditioning), an inpainting U-Net, a text encoder narrower or wider than the U-Net reads."""
+    absent = [f"{c}/{f}" for c, f in _COMPONENT_FILES.items() if not (path / c / f).is_file()]
+    if not (path / "tokenizer").is_dir():
+        absent.append("tokenizer/")
+    if absent:
+        raise NotAPipelineError(f"'{path}' lists its components in model_index.json but {', '.join(absent)} "
+                                f"{'is' if len(absent) == 1 else 'are'} missing ({_describe_folder(path)})")
+    cls = info.get("_class_name", "")
+    unet = _read_config(path / "unet" / "config.json")
+    text = _read_config(path / "text_encoder" / "config.json")
+    vae = _read_config(path / "vae" / "config.json")
+    reasons = []
+    if "XL" in cls or "text_encoder_2" in info or "tokenizer_2" in info:
+        reasons.append(f"it is an SDXL-style {cls or 'pipeline'} (two text encoders)")
+    if unet.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
+        reasons.append(f"its U-Net is a {unet['_class_name']}, not a UNet2DConditionModel")
+    if unet.get("addition_embed_type"):
+        reasons.append(f"its U-Net needs extra conditioning (addition_embed_type={unet['addition_embed_type']!r}, "
+                       f"SDXL's size and text-pooling inputs)")
+    width, cross = text.get("hidden_size"), unet.get("cross_attention_dim")
+    if width and isinstance(cross, int) and width != cross:
+        reasons.append(f"its text encoder gives {width}-wide embeddings but the U-Net reads {cross}")
+    latents, unet_in = vae.get("latent_channels", 4), unet.get("in_channels", 4)
+    if unet_in != latents:
+        reasons.append(f"its U-Net takes {unet_in} input channels but the VAE makes {latents} "
+                       f"({'an inpainting model' if unet_in == 9 else 'another family'})")
+    if reasons:
+        raise NotAPipelineError(f"'{path}' is not a model SDXS can run: {'; '.join(reasons)}. SDXS runs "
+                                f"Stable-Diffusion-1.x/2.x-style one-step pipelines")
+
+
+def _read_config(file: Path) -> dict:
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise NotAPipelineError(f"'{file}' is unreadable or not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise NotAPipelineError(f"'{file}' must hold a JSON object")
+    return config
+
+
+def is_one_step(path: Path, preset: Preset | None = None) -> bool:
+    """A distilled model: a pipeline preset (the SDXS releases) or a folder our trainers wrote from a
+    teacher (``train_info.json`` names it). Teachers and unknown folders keep every step count."""
+    if preset is not None and preset.kind == "pipeline":
+        return True
+    try:
+        return "teacher" in json.loads((path / "train_info.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def validate_controlnet_dir(path: Path) -> None:
@@ -172,6 +232,8 @@ def load_engine(model: str | os.PathLike = DEFAULT_MODEL, controlnet: str | os.P
     graphs = device.type == "cpu" if graphs is None else graphs
     engine = OneStepEngine(**components, name=preset.name if preset else str(model), graphs=graphs,
                            backend=make_backend(backend, device, dtype, precision, cache_dir, calibration_prompts))
+    if is_one_step(path, preset):
+        engine.max_steps = ONE_STEP_MAX_STEPS
     if controlnet is not None:
         engine.set_controlnet(load_controlnet(controlnet, device, dtype))
     if lora is not None:

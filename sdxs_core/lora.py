@@ -1,6 +1,7 @@
 """LoRA files in the three formats users bring (diffusers, PEFT folders, kohya), checked against
 the U-Net before anything is changed, so a LoRA for another base fails cleanly and loses nothing."""
 
+import functools
 import json
 import os
 import re
@@ -10,22 +11,49 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .errors import IncompatibleWeightsError, ModelNotFoundError, NotAPipelineError
+from .errors import CorruptWeightsError, IncompatibleWeightsError, ModelNotFoundError, NotAPipelineError, SDXSError
 
 _DOWN = re.compile(r"^(?P<module>.+)\.(lora_A|lora\.down|lora_down)(\.[^.]+)?\.weight$")
 _UP = re.compile(r"^(?P<module>.+)\.(lora_B|lora\.up|lora_up)(\.[^.]+)?\.weight$")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own SafetensorError on truncated files
-            raise NotAPipelineError(f"LoRA file '{path}' is corrupt or not safetensors: {e}") from None
-    if path.suffix == ".bin":
-        # The restricted unpickler only rebuilds tensors: it cannot run code from the file.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    raise NotAPipelineError(f"'{path}' is not a LoRA weight file (.safetensors expected)")
+    """A LoRA's tensors from safetensors only (a pickle is never opened), all finite."""
+    if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
+        raise NotAPipelineError(f"'{path}' is a pickled {path.suffix} file: LoRAs load from .safetensors only, for "
+                                f"security. Convert it where you trust it (safetensors.torch.save_file) and pass that")
+    if path.suffix != ".safetensors":
+        raise NotAPipelineError(f"'{path}' is not a LoRA weight file (.safetensors expected)")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError on truncated files
+        raise NotAPipelineError(f"LoRA file '{path}' is corrupt or not safetensors: {e}") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CorruptWeightsError(f"LoRA file '{path}' has NaN/inf values in {len(bad)} of its {len(state)} tensors "
+                                  f"(first: {bad[0]}): it would turn every image black, so it is refused")
+    return state
+
+
+def lora_is_finite(path: str | os.PathLike) -> bool:
+    """Whether a LoRA file or PEFT folder reads as safetensors with finite values (cached per file
+    version: the app asks for every listed LoRA on each page refresh)."""
+    path = Path(path)
+    file = path / "adapter_model.safetensors" if path.is_dir() else path
+    try:
+        stat = file.stat()
+    except OSError:
+        return False
+    return _finite(str(file), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _finite(file: str, mtime_ns: int, size: int) -> bool:
+    try:
+        _read_weights(Path(file))
+    except SDXSError:
+        return False
+    return True
 
 
 def read_lora(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None, dict | None]:
@@ -38,7 +66,7 @@ def read_lora(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict 
     if not path.exists():
         raise ModelNotFoundError(f"no LoRA at '{source}'")
     if path.is_dir() and (path / "adapter_config.json").is_file():
-        config = json.loads((path / "adapter_config.json").read_text())
+        config = _read_adapter_config(path / "adapter_config.json")
         weights = next((path / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (path / n).is_file()), None)
         if weights is None:
             raise NotAPipelineError(f"PEFT LoRA folder '{path}' has adapter_config.json but no adapter_model weights")
@@ -67,6 +95,17 @@ def read_lora(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict 
     from diffusers.utils import convert_unet_state_dict_to_peft
 
     return convert_unet_state_dict_to_peft(unet_state), alphas, None
+
+
+def _read_adapter_config(file: Path) -> dict:
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise NotAPipelineError(f"'{file}' is not valid JSON ({e}): the PEFT LoRA's config is broken; "
+                                f"re-export the LoRA or fix the file") from None
+    if not isinstance(config, dict):
+        raise NotAPipelineError(f"'{file}' must hold a JSON object (a PEFT LoraConfig)")
+    return config
 
 
 def check_lora_fits(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -116,7 +155,12 @@ def apply_lora(unet, source: str | os.PathLike, adapter_name: str) -> None:
     if peft_config is not None:
         fields = {k: v for k, v in peft_config.items() if k in LoraConfig.__dataclass_fields__}
         fields.pop("base_model_name_or_path", None)
-        unet.add_adapter(LoraConfig(**fields), adapter_name=adapter_name)
+        try:
+            unet.add_adapter(LoraConfig(**fields), adapter_name=adapter_name)
+        except (TypeError, ValueError) as e:
+            if adapter_name in getattr(unet, "peft_config", {}):
+                unet.delete_adapters(adapter_name)
+            raise NotAPipelineError(f"LoRA '{source}': adapter_config.json is not a usable LoraConfig ({e})") from None
         result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
         if getattr(result, "unexpected_keys", None):
             unet.delete_adapters(adapter_name)

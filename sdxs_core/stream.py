@@ -13,7 +13,6 @@ What makes a loop feel live, and where each piece sits here:
 A ``LiveSession`` holds one browser session's state; two sessions never share noise or frames.
 """
 
-import math
 import threading
 import time
 from collections import deque
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from .control import EXTRACTORS, control_kind, extract
-from .errors import SDXSError
+from .errors import SDXSError, check
 from .images import ImageLike, to_rgb_array
 
 THUMB_SIDE = 32
@@ -46,10 +45,8 @@ class LiveParams:
 
     def __post_init__(self):
         object.__setattr__(self, "control_type", control_kind(self.control_type, "control_type", tuple(EXTRACTORS)))
-        if not math.isfinite(self.control_scale):
-            raise ValueError(f"control strength must be a finite number, got {self.control_scale}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check("Control strength", self.control_scale)
+        check("Seed", self.seed)
 
 
 @dataclass

@@ -85,6 +85,17 @@ def _same_file(a: Path, b: Path) -> bool:
     return filecmp.cmp(a, b, shallow=False)
 
 
+def load_in_float32(folder: Path) -> None:
+    """transformers loads a component in the dtype its config names ("auto"), diffusers in float32:
+    a text encoder stored in half precision would then meet a float32 U-Net in plain
+    ``StableDiffusionPipeline.from_pretrained``. Weights stay half on disk; configs ask for float32."""
+    for config in folder.glob("*/config.json"):
+        data = json.loads(config.read_text())
+        if data.get("dtype") in ("float16", "bfloat16") or data.get("torch_dtype") in ("float16", "bfloat16"):
+            data.update({k: "float32" for k in ("dtype", "torch_dtype") if k in data})
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def write_pipeline_atomically(pipe, out: str | os.PathLike, files: dict[str, str] | None = None,
                               link_to: list[Path] = ()) -> Path:
     """Save a pipeline (plus small text files) to a temp folder, then swap it in: a killed run
@@ -94,6 +105,7 @@ def write_pipeline_atomically(pipe, out: str | os.PathLike, files: dict[str, str
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     pipe.save_pretrained(tmp, safe_serialization=True)
+    load_in_float32(tmp)
     for name, text in (files or {}).items():
         (tmp / name).write_text(text)
     for path in (tmp, *tmp.rglob("*")):  # mkdtemp (and some writers) make them private; models are meant to be shared
