@@ -397,7 +397,12 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
             return "⚠️ Not started:\n\n" + "\n".join(f"- {line}" for line in str(e).splitlines()), None
         return f"Job **#{job.id} {job.name}** {job.state}.", job.id
 
-    def submit_lora(source, pick, upload, files, folder, trig, captions, template, name, preset, overrides, procs):
+    def submit_lora(source, pick, upload, files, folder, trig, captions, template, name, preset, overrides, procs,
+                    request: gr.Request = None):
+        refused = access.refusal(request, "start a training job")
+        if refused:
+            gr.Warning(refused)
+            return f"⚠️ Not started: {refused}", None
         try:
             if source == LORA_FROM[0]:
                 style_lora = str(save_lora_upload(upload, jobs.uploads)) if upload else \
@@ -417,7 +422,12 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
             return f"⚠️ Not started: {e}", None
         return submit(request)
 
-    def submit_controlnet(control, data, files, folder, teacher, name, preset, overrides, procs):
+    def submit_controlnet(control, data, files, folder, teacher, name, preset, overrides, procs,
+                          request: gr.Request = None):
+        refused = access.refusal(request, "start a training job")
+        if refused:
+            gr.Warning(refused)
+            return f"⚠️ Not started: {refused}", None
         try:
             images = "" if data == CN_DATA[0] else jobs.images(files if data == CN_DATA[1] else None,
                                                                folder if data == CN_DATA[2] else "")
@@ -454,7 +464,11 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
                 str(view.sample) if view.sample else None, view.log_tail,
                 gr.update(visible=file is not None, value=str(file) if file else None), artefacts, *models)
 
-    def act(action, job_id):
+    def act(action, job_id, request):
+        refused = access.refusal(request, "cancel or resume a training job")
+        if refused:
+            gr.Warning(refused)
+            return f"⚠️ {refused}"
         if job_id is None:
             gr.Warning("Pick a job first.")
             return "Pick a job first."
@@ -465,6 +479,12 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
             return f"⚠️ {e.args[0]}"
         return f"Job **#{job.id}** {job.state}" + (": stopping after its next step (a checkpoint first)."
                                                    if action == jobs.manager.cancel and job.state == "running" else ".")
+
+    def cancel_job(job_id, request: gr.Request = None):
+        return act(jobs.manager.cancel, job_id, request)
+
+    def resume_job(job_id, request: gr.Request = None):
+        return act(jobs.manager.resume, job_id, request)
 
     def apply(job_id, request: gr.Request = None):
         """Use now: the job's result becomes the app's LoRA or ControlNet (Text to image and Live)."""
@@ -509,8 +529,8 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
     # the buttons act on the picked job; API clients name it by id (hidden twins of the same handlers)
     jobs_api, job_id_api = gr.JSON(visible=False), gr.Number(visible=False, precision=0)
     for button, handler, outputs, name in (
-            (cancel, lambda j: act(jobs.manager.cancel, j), submit_info, "train_cancel"),
-            (resume, lambda j: act(jobs.manager.resume, j), submit_info, "train_resume"),
+            (cancel, cancel_job, submit_info, "train_cancel"),
+            (resume, resume_job, submit_info, "train_resume"),
             (use_now, apply, model_outputs, "train_use")):
         button.click(handler, job_pick, outputs, api_visibility="private")
         gr.Button(visible=False).click(handler, job_id_api, outputs, api_name=name)
@@ -617,7 +637,10 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         else:
             hub.set_lora_scale(scale)
 
-    def rescan():
+    def rescan(request: gr.Request = None):
+        refused = access.refusal(request, "rescan the model folders")
+        if refused:
+            return model_view(refused)
         hub.rescan()
         return model_view("Rescanned outputs/ and assets/.")
 

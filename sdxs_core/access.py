@@ -5,7 +5,9 @@ ControlNet ends every live stream). Such changes belong to the person running th
 from this machine itself (not relayed by a proxy or a share link's tunnel, which also connect from
 localhost), or from a user who logged in (``python app.py --auth user:pass``: every account is an
 operator's). Anonymous remote clients keep their own choices (prompt, seed, style, control type,
-strength), which travel with each request and never touch the engine.
+strength), which travel with each request and never touch the engine. Training jobs are the
+operator's too: a job holds the machine's cores for minutes to hours, so a remote client may neither
+start one nor cancel or resume someone else's.
 """
 
 import ipaddress

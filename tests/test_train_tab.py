@@ -138,6 +138,28 @@ def test_cancel_and_resume_from_the_api(served):
     assert "only a queued or running job" in client.predict(job_id, api_name="/train_cancel")
 
 
+def test_a_remote_client_cannot_start_stop_or_apply_jobs(served):
+    """Training holds the machine for everyone: only the operator (localhost or --auth) runs jobs."""
+    from gradio_client import Client
+
+    client, manager, hub, _ = served
+    remote = Client(client.src, verbose=False, headers={"X-Forwarded-For": "203.0.113.9"})
+    before = [j.id for j in manager.jobs()]
+    info, job_id = train_lora(remote)
+    assert "Only the person running the app may start a training job" in info and job_id is None
+    import app
+
+    form = ("canny", app.CN_DATA[0], [], None, app.TEACHER_CN_DEFAULT, "x", "tiny", "", 1)
+    info, job_id = remote.predict(*form, api_name="/train_controlnet")
+    assert "Only the person running the app" in info and job_id is None
+    assert [j.id for j in manager.jobs()] == before
+    if before:
+        assert "Only the person running the app" in remote.predict(before[0], api_name="/train_cancel")
+        assert "Only the person running the app" in remote.predict(before[0], api_name="/train_resume")
+        assert "Only the person running the app" in remote.predict(before[0], api_name="/train_use")[0]
+    assert "Only the person running the app" in remote.predict(api_name="/rescan")[0]
+
+
 def test_no_train_leaves_the_app_without_the_tab_and_its_endpoints(tiny_dir, tmp_path):
     import app
     from sdxs_core.hub import ModelHub
