@@ -108,10 +108,10 @@ def server_log():
 
 
 def describe(hub, threads: int, frame_size: int, control_type: str, client: str) -> dict:
-    from benchmarks.latency import device_name
+    from benchmarks.results_io import cpu, gpu
 
     engine = hub.engine
-    return dict(device=device_name(engine.device), model=hub.model_key, controlnet=hub.controlnet_key,
+    return dict(device=(gpu() or {}).get("gpu", cpu()["cpu"]) if engine.device.type == "cuda" else cpu()["cpu"], model=hub.model_key, controlnet=hub.controlnet_key,
                 dtype=str(engine.dtype).removeprefix("torch."), graphs=engine.graphs is not None,
                 threads=threads, image_size=engine.default_size,
                 frame_size=frame_size, control_type=control_type, client=client,
