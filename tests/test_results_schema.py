@@ -11,20 +11,12 @@ from benchmarks import results_io
 from sdxs_core.paths import RESULTS, ROOT
 
 REQUIRED = ("date", "commit", "command", "device", "versions")
-# Files whose writers other branches are moving to results_io; until they land, they may lack the block.
-PENDING = {"latency_cpu.json": "latency", "live_loop.json": "live_loop", "live_loop_socket.json": "live_loop",
-           "soak.json": "soak"}
 NOT_WRITERS = ("__init__.py", "results_io.py", "report.py")
 WRITERS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.name not in NOT_WRITERS)
 FILES = sorted(RESULTS.glob("*.json"))
 
 
-def pending(name: str):
-    return pytest.param(name, marks=pytest.mark.xfail(name in PENDING, reason="its writer moves to results_io on "
-                                                      "another branch", strict=False))
-
-
-@pytest.mark.parametrize("name", [pending(p.name) for p in FILES])
+@pytest.mark.parametrize("name", [p.name for p in FILES])
 def test_results_file_has_meta(name):
     report = json.loads((RESULTS / name).read_text())
     meta = report.get("meta")
@@ -39,7 +31,7 @@ def test_results_file_has_meta(name):
     assert list(report)[0] == "meta", f"{name}: meta is not the first key"
 
 
-@pytest.mark.parametrize("name", [pending(p.name) for p in FILES])
+@pytest.mark.parametrize("name", [p.name for p in FILES])
 def test_results_file_has_a_writer(name):
     """Named in a writer's source (its default ``--out`` or the documented command that makes it), and the
     command in its meta runs that writer."""
@@ -50,8 +42,7 @@ def test_results_file_has_a_writer(name):
     assert module in {f"benchmarks.{p.stem}" for p in writers}, f"{name}: made by {module}, named by {writers}"
 
 
-@pytest.mark.parametrize("writer", [pytest.param(p.name, marks=pytest.mark.xfail(
-    p.stem in PENDING.values(), reason="moves to results_io on another branch", strict=False)) for p in WRITERS])
+@pytest.mark.parametrize("writer", [p.name for p in WRITERS])
 def test_writers_use_the_shared_writer(writer):
     source = (ROOT / "benchmarks" / writer).read_text()
     if "--out" not in source:
