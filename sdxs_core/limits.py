@@ -97,7 +97,7 @@ class CacheJanitor:
         now = time.time() if now is None else now
         files = self.files()
         count, total = len(files), sum(size for _, size, _ in files)
-        deleted = 0
+        deleted, emptied = 0, set()
         for mtime, size, path in files:
             if count <= self.max_files and total <= self.max_mb * 2**20:
                 break
@@ -107,11 +107,14 @@ class CacheJanitor:
                 path.unlink()
             except OSError:
                 continue
+            emptied.add(str(path.parent))
             count, total, deleted = count - 1, total - size, deleted + 1
         for root, dirs, names in os.walk(self.folder, topdown=False):  # Gradio makes a folder per file
             if root != str(self.folder) and not dirs and not names:
                 try:
-                    os.rmdir(root)
+                    # a fresh empty folder is one Gradio has just made and is about to write into
+                    if root in emptied or time.time() - os.stat(root).st_mtime >= self.min_age_s:
+                        os.rmdir(root)
                 except OSError:
                     pass
         self.deleted += deleted

@@ -76,6 +76,19 @@ def test_janitor_keeps_the_cache_under_its_bounds_oldest_first(tmp_path):
     assert not (tmp_path / "big").exists()  # over the size bound
 
 
+def test_janitor_leaves_a_folder_gradio_has_just_made(tmp_path):
+    """Gradio makes a hash folder, then writes the image into it: removing the empty folder in
+    between made a generation fail in the 30-minute soak (FileNotFoundError)."""
+    import time
+
+    (tmp_path / "fresh").mkdir()
+    old = tmp_path / "old"
+    old.mkdir()
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    CacheJanitor(tmp_path, max_files=10, min_age_s=30).sweep()
+    assert (tmp_path / "fresh").is_dir() and not old.exists()
+
+
 def test_janitor_thread_sweeps_and_stops(tmp_path):
     import time
 
