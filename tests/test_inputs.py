@@ -251,8 +251,11 @@ def test_cli_checks_the_output_path_before_generating(capsys, tmp_path, no_model
     assert code == 2 and "Out: cannot create the folder" in err
 
 
-def test_cli_refuses_bad_control_images_before_loading(capsys, tmp_path, no_model_load):
+def test_cli_refuses_bad_control_images_before_loading(capsys, tmp_path, no_model_load, monkeypatch):
     from PIL import Image
+
+    # PIL's own bomb limit as the CLI has it (a served app in another test lowers it process-wide)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(1024 * 1024 * 1024 // 4 // 3))
 
     text = tmp_path / "notes.png"
     text.write_text("not an image")

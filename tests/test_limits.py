@@ -24,7 +24,8 @@ def bomb_png(path, side=60000):
     return path
 
 
-def test_images_over_the_side_limit_are_refused_naming_the_field(tmp_path):
+def test_images_over_the_side_limit_are_refused_naming_the_field(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after guard_decoders
     assert check_image(np.zeros((64, 4096, 3), np.uint8), "Frame") is not None
     with pytest.raises(ImageLimitError, match=r"Frame: the image is 4097x2 px; at most 4096 px a side"):
         check_image(np.zeros((2, 4097, 3), np.uint8), "Frame")
