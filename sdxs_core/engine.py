@@ -239,7 +239,8 @@ class OneStepEngine:
         converts it again now (or reads it from its cache), so the next image does not wait and
         ``backend.events`` says what the change cost; the ControlNet runs in torch and feeds the
         converted U-Net through its inputs, so changing it converts nothing."""
-        self._weights_key = tuple(sorted((n, self._lora_sources.get(n), s) for n, s in self._loras.items()))
+        # by file and scale, not adapter name: the hub loads each switch under a fresh name
+        self._weights_key = tuple(sorted((self._lora_sources.get(n), s) for n, s in self._loras.items()))
         if self.backend is not None and unet:
             self.backend.networks_changed()
             self.backend.prepare(self)

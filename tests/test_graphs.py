@@ -138,6 +138,21 @@ def test_repeated_rebuilds_reuse_graphs_and_memory_stays_bounded(tiny_dir, tiny_
     assert engine.graphs.traces == traces
 
 
+def test_the_same_lora_under_a_new_adapter_name_reuses_its_graph(tiny_dir, tiny_lora_file):
+    """The hub loads every LoRA switch under a fresh adapter name (so a failed switch keeps the old
+    one): switching away and back must find the graph already traced, not trace (and leak) anew."""
+    engine = load_engine(tiny_dir, device="cpu", graphs=True)
+    engine.load_lora(tiny_lora_file, scale=1.0, adapter_name="studio-1")
+    first = engine.generate("a", seed=1, output_type="np", **SIZE).images
+    engine.unload_lora("studio-1")
+    engine.generate("a", seed=1, output_type="np", **SIZE)  # the no-LoRA state: its own graph
+    traces = engine.graphs.traces
+    engine.load_lora(tiny_lora_file, scale=1.0, adapter_name="studio-2")
+    again = engine.generate("a", seed=1, output_type="np", **SIZE).images
+    assert engine.graphs.traces == traces
+    np.testing.assert_allclose(again, first, atol=1e-5)
+
+
 def test_padded_batches_match_eager_and_share_a_graph(pair):
     from sdxs_core.graphs import padded_batch
 
