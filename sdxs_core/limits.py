@@ -7,6 +7,7 @@ tracked, so images made through the API stayed for good. ``CacheJanitor`` keeps 
 cache folder under a file count and a size whatever made the files.
 """
 
+import functools
 import logging
 import os
 import shutil
@@ -141,15 +142,24 @@ def release_freed_memory() -> bool:
     """Hand memory that Python and torch have freed back to the OS (glibc's ``malloc_trim``).
     Many request threads with images of changing batch sizes leave glibc's arenas holding freed
     blocks, so a long-running server's RSS creeps up without a leak; False where there is no glibc."""
+    libc = _libc()
+    try:
+        return bool(libc and libc.malloc_trim(0))
+    except AttributeError:  # a C library without malloc_trim (musl)
+        return False
+
+
+@functools.cache
+def _libc():
+    """The C library, looked up once (``find_library`` runs a subprocess)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc and libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
 
 
 def private_cache_dir(prefix: str = "sdxs-gradio-") -> Path:

@@ -94,3 +94,25 @@ def style_lora(tiny_dir, tmp_path_factory):
     from sdxs_core.testkit import write_tiny_lora
 
     return write_tiny_lora(tiny_dir, tmp_path_factory.mktemp("style") / "lora")
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory):
+    """``(hub, url)``: the real app serving the random tiny model on a free localhost port."""
+    import socket
+
+    from app import build_demo
+    from sdxs_core.catalogue import ensure_tiny_model
+    from sdxs_core.hub import ModelHub
+
+    outputs = tmp_path_factory.mktemp("app") / "outputs"
+    ensure_tiny_model(outputs)
+    hub = ModelHub(search_dirs=[outputs], device="cpu", outputs=outputs)
+    hub.start("outputs/tiny-model")
+    demo = build_demo(hub)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield hub, f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -1,13 +1,9 @@
 """Shared-state changes (model, ControlNet, LoRA) only from this machine or a logged-in user:
 driven through the real app with gradio_client, a remote client faked by a proxy header."""
 
-import socket
-
 import pytest
 
 from sdxs_core import access
-from sdxs_core.catalogue import ensure_tiny_model
-from sdxs_core.hub import ModelHub
 
 
 class FakeRequest:
@@ -34,20 +30,8 @@ def test_auth_flag_parsing():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    from app import build_demo
-
-    outputs = tmp_path_factory.mktemp("access") / "outputs"
-    ensure_tiny_model(outputs)
-    hub = ModelHub(search_dirs=[outputs], device="cpu", outputs=outputs)
-    hub.start("outputs/tiny-model")
-    demo = build_demo(hub)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    yield hub, f"http://127.0.0.1:{port}/"
-    demo.close()
+def served(tiny_app):
+    return tiny_app
 
 
 def test_a_remote_client_cannot_switch_what_everyone_uses(served):

@@ -324,26 +324,10 @@ def test_live_frame_settings_are_checked_by_name(header, words):
 
 # ---- the app ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def app_client(tmp_path_factory):
-    import socket
-
+def app_client(tiny_app):
     from gradio_client import Client
 
-    from app import build_demo
-    from sdxs_core.catalogue import ensure_tiny_model
-    from sdxs_core.hub import ModelHub
-
-    root = tmp_path_factory.mktemp("inputs-app") / "outputs"
-    ensure_tiny_model(root)
-    hub = ModelHub(search_dirs=[root], device="cpu", outputs=root)
-    hub.start("outputs/tiny-model")
-    demo = build_demo(hub)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    return Client(tiny_app[1], verbose=False)
 
 
 def _api_error(client, *args, api_name):
