@@ -9,10 +9,11 @@ janitor, upload limits, live gate), then driven by: ``--clients`` gradio_client 
 /generate with 1-8 images and fresh seeds; a switcher that every ``--switch-s`` seconds moves the
 LoRA scale (through /set_lora) and switches the ControlNet (through /set_controlnet) from
 localhost, as the operator would; two live WebSocket streams sending webcam-like frames. RSS is
-sampled once a second; ``rss_mb_after_warmup`` is taken after ``--warmup-s`` (by default the
-switcher's whole cycle: every LoRA scale with every ControlNet, so every graph has been traced). After the load, the two streams go silent while a third client keeps
-retrying: ``idle_slot_reclaimed_s`` is how long it waited for a slot (the gate's idle timeout
-bounds it).
+sampled once a second; ``rss_mb_after_warmup`` is the median over the minute before ``--warmup-s``
+ends (by default the switcher's whole cycle: every LoRA scale with every ControlNet, so every graph
+has been traced) and ``rss_mb_end`` the median over the last minute. After the load, the two
+streams go silent while a third client keeps retrying: ``idle_slot_reclaimed_s`` is how long it
+waited for a slot (the gate's idle timeout bounds it).
 """
 
 import argparse
@@ -31,6 +32,7 @@ from PIL import Image
 from benchmarks.results_io import RESULTS, write_results
 
 ERRORS_KEPT = 20
+RSS_WINDOW_S = 60  # samples in each RSS level (see Soak._rss_level)
 
 
 def _free_port() -> int:
@@ -160,6 +162,16 @@ class Soak:
                 self.rss.append((time.monotonic() - start, process.memory_info().rss / 2**20))
                 self.temp_files_max = max(self.temp_files_max, files)
 
+    def _rss_level(self) -> float | None:
+        """RSS now, as the median of the last ``RSS_WINDOW_S`` one-second samples: a batch of eight in
+        flight swings a single sample by ~100 MB, which would decide the growth figure by chance."""
+        recent = [r for _, r in self.rss[-RSS_WINDOW_S:]]
+        return statistics.median(recent) if recent else None
+
+    def _traces(self) -> int | None:
+        graphs = self.hub.engine.graphs
+        return graphs.traces if graphs is not None else None
+
     # ---- the run ----------------------------------------------------------------------------------
     def idle_reclaim(self, gate) -> float | None:
         """Seconds a third client waited for a slot held by two silent streams (None: it never got one)."""
@@ -192,10 +204,11 @@ class Soak:
         seconds = self.args.minutes * 60
         time.sleep(min(self.args.warmup_s, seconds / 2))
         with self.lock:
-            rss_warm = self.rss[-1][1] if self.rss else None
+            rss_warm = self._rss_level()
+        traces_warm = self._traces()
         time.sleep(max(0.0, seconds - self.args.warmup_s))
         with self.lock:
-            rss_end = self.rss[-1][1] if self.rss else None
+            rss_end = self._rss_level()
         idle.set()  # the two streams stay connected but go silent, as background tabs would
         for c in connected:
             c.wait(5)
@@ -212,6 +225,7 @@ class Soak:
             "rss_mb_after_warmup": round(rss_warm, 1) if rss_warm else None,
             "rss_mb_end": round(rss_end, 1) if rss_end else None,
             "rss_growth_pct": round(100 * (rss_end / rss_warm - 1), 2) if rss_warm and rss_end else None,
+            "rss_window_s": RSS_WINDOW_S,
             "rss_mb_max": round(max(r for _, r in self.rss), 1) if self.rss else None,
             "temp_files_max": self.temp_files_max, "temp_files_end": len(self.janitor.files()),
             "images_made": self.images_made, "janitor_deleted": self.janitor.deleted,
@@ -221,7 +235,7 @@ class Soak:
             "t2i_requests": len(lat), "t2i_p50_ms": round(statistics.median(lat), 1) if lat else None,
             "t2i_p95_ms": round(p95, 1) if p95 is not None else None,
             "live_frames": self.live_frames, "switches": self.switches,
-            "graph_traces": self.hub.engine.graphs.traces if self.hub.engine.graphs is not None else None,
+            "graph_traces_after_warmup": traces_warm, "graph_traces": self._traces(),
             "idle_timeout_s": gate.idle_s,
             "idle_slot_reclaimed_s": round(reclaimed, 2) if reclaimed is not None else None,
             "rss_mb_series": [[round(t), round(r, 1)] for t, r in self.rss[::max(1, len(self.rss) // 120)]],
