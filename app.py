@@ -568,9 +568,11 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         except (SDXSError, ValueError) as e:
             gr.Warning(str(e))
             return gr.skip(), f"⚠️ {e}"
+        for warning in out.warnings:
+            gr.Warning(warning)
         per_image = out.timings.total_ms / len(out.images)
         gallery = [(im, f"seed {s} · {per_image:.0f} ms") for im, s in zip(out.images, out.seeds)]
-        return gallery, timing_line(out.timings, len(out.images))
+        return gallery, "".join(f"⚠️ {w}\n\n" for w in out.warnings) + timing_line(out.timings, len(out.images))
 
     def live(frame, prompt, control_type, strength, seed, session: LiveSession):
         if frame is None:

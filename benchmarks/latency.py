@@ -36,32 +36,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.results_io import read_results, results_path, write_results
+from benchmarks.sdxs512 import random_sdxs512_components
 
 STAGES = ("text_ms", "unet_ms", "decode_ms", "total_ms")
 PROMPT = "a photo of an astronaut riding a horse"
 CPU_ROWS = ("diffusers", "torch fp32", "torch bf16", "openvino fp32", "openvino bf16", "openvino int8",
             "openvino mixed")
 CALIBRATION_SIZE = 8  # int8 speed does not depend on it; random weights have no quality to keep
-
-
-def random_sdxs512_components() -> dict:
-    """SDXS-512 (SD1.5 family) at full size with random weights: nothing to download."""
-    from diffusers import DDPMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sdxs_core.architectures import build_sdxs512_unet, build_taesd
-    from sdxs_core.testkit import build_tokenizer
-
-    torch.manual_seed(0)  # the same weights every run, so the OpenVINO cache can serve a second run
-    tokenizer = build_tokenizer()  # CLIP's real vocab is not available offline; every prompt is 77 tokens anyway
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, timestep_spacing="trailing", steps_offset=1)
-    return dict(tokenizer=tokenizer, text_encoder=text_encoder, unet=build_sdxs512_unet(),
-                vae=build_taesd(), scheduler=scheduler)
 
 
 def components(model: str | None, smoke: bool) -> tuple[dict, str]:

@@ -69,6 +69,8 @@ def _generate(args) -> int:
         except OSError as e:
             raise InvalidInputError("Out", f"cannot write '{path}': {e.strerror or e}") from None
         print(f"{path}  seed={seed}")
+    for warning in out.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     t = out.timings
     print(f"{engine.name}: {t.total_ms:.0f} ms total (text {t.text_ms:.0f}, control {t.control_ms:.0f}, "
           f"unet {t.unet_ms:.0f}, decode {t.decode_ms:.0f}) on {engine.device}, {engine.backend_label}")

@@ -30,6 +30,7 @@ from .images import ImageLike, to_rgb_image
 from .sources import resolve_model_dir
 
 MAX_SEED = int(RANGES["Seed"].high)
+FLAT_RANGE = 2 / 255  # an image whose pixels all lie within this is one flat colour (see _flat_warnings)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class GenerationOutput:
     images: list[Image.Image] | np.ndarray | torch.Tensor
     seeds: list[int]
     timings: StageTimings = field(default_factory=StageTimings)
+    warnings: list[str] = field(default_factory=list)  # e.g. an image that came out one flat colour
 
 
 class _Stopwatch:
@@ -187,7 +189,7 @@ class OneStepEngine:
             check_controlnet_fits(controlnet, self.unet)
             controlnet.eval().requires_grad_(False)
         self.controlnet = controlnet
-        self._networks_changed()
+        self._networks_changed(controlnet=True)
 
     def load_lora(self, source, scale: float = 1.0, adapter_name: str | None = None) -> str:
         """Add a LoRA (diffusers / PEFT / kohya file, folder, preset or hub id) and activate it."""
@@ -232,18 +234,21 @@ class OneStepEngine:
             self.unet.set_adapters(list(self._loras), list(self._loras.values()))
         self._networks_changed(unet=True)
 
-    def _networks_changed(self, unet: bool = False) -> None:
+    def _networks_changed(self, unet: bool = False, controlnet: bool = False) -> None:
         """Traced graphs hold the weights they were traced with: they are keyed by the LoRA state, so
         a state seen before reuses its graph (a ControlNet's are keyed by the network itself).
-        Converted networks hold the old weights: after a U-Net change (a LoRA) the OpenVINO backend
-        converts it again now (or reads it from its cache), so the next image does not wait and
-        ``backend.events`` says what the change cost; the ControlNet runs in torch and feeds the
-        converted U-Net through its inputs, so changing it converts nothing."""
+        Converted networks hold the old weights: after a change (a LoRA, a ControlNet) the OpenVINO
+        backend converts them again now (or reads them from its cache), so the next image does not
+        wait and ``backend.events`` says what the change cost."""
         # by file and scale, not adapter name: the hub loads each switch under a fresh name
         self._weights_key = tuple(sorted((self._lora_sources.get(n), s) for n, s in self._loras.items()))
         if self.backend is not None and unet:
             self.backend.networks_changed()
             self.backend.prepare(self)
+        elif self.backend is not None and controlnet:
+            self.backend.networks_changed(("controlnet",))
+            if self.controlnet is not None:
+                self.backend.prepare_controlnet(self)
 
     # ---- steps ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -315,7 +320,9 @@ class OneStepEngine:
         down = mid = None
         if control is not None:
             with clock("control_ms"):
-                if graphs is not None:
+                if backend is not None:
+                    down, mid = backend.controlnet(self, x, t, embeds, control, control_scale)
+                elif graphs is not None:
                     down, mid = graphs.controlnet(self.controlnet, x, t, embeds, control, control_scale)
                 else:
                     down, mid = self.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=control,
@@ -460,9 +467,11 @@ class OneStepEngine:
             with clock("decode_ms"):
                 images = self.decode(latents, graphs, backend)
             self._check_finite(images, "decoded image")
+            flat = self._flat_warnings(images, seeds)
             images = self._postprocess(images, output_type)
         timings.total_ms = (time.perf_counter() - start) * 1e3
-        return GenerationOutput(images=images, seeds=seeds, timings=timings)
+        return GenerationOutput(images=images, seeds=seeds, timings=timings,
+                                warnings=flat if output_type != "latent" else [])
 
     def _sample(self, latents, embeds, control, control_scale, steps, guidance_scale, cfg, generators, timings,
                 init_latents=None, strength=1.0):
@@ -497,6 +506,19 @@ class OneStepEngine:
             loras = f" (LoRAs: {', '.join(f'{k} at {v:g}' for k, v in self._loras.items())})" if self._loras else ""
             raise NonFiniteOutputError(f"{self.name} produced NaN/inf {what}{loras}: no image returned. A LoRA or "
                                        f"ControlNet with broken weights, or fp16 overflow, are the usual causes")
+
+    def _flat_warnings(self, images: torch.Tensor, seeds: list[int]) -> list[str]:
+        """A finite image can still be all black (a saturated LoRA, a ControlNet at an extreme
+        strength): no model makes a one-colour picture on purpose, so say so rather than let it pass
+        as a result. Not an error: the image is returned, and the caller shows the warning."""
+        spread = (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))).tolist()
+        flat = [i for i, s in enumerate(spread) if s < FLAT_RANGE]
+        if not flat:
+            return []
+        loras = f" with LoRAs {', '.join(f'{k} at {v:g}' for k, v in self._loras.items())}" if self._loras else ""
+        which = ", ".join(f"seed {seeds[i]}" for i in flat)
+        return [f"{len(flat)} of {len(spread)} images came out one flat colour ({which}){loras}: a LoRA, ControlNet "
+                "or strength that saturates the model is the usual cause"]
 
     @staticmethod
     def _postprocess(images: torch.Tensor, output_type: str):

@@ -257,6 +257,7 @@ class ModelHub:
             return self._refused("ControlNet", key)
         if self.engine is None:
             return "Load a model before a ControlNet."
+        converted = len(getattr(self.engine.backend, "events", []))
         try:
             controlnet = self._load_controlnet(entry.source)
             with self._lock.exclusive():
@@ -264,7 +265,7 @@ class ModelHub:
                 self.controlnet_key = entry.key
         except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: torch load failures
             return f"ControlNet **{entry.key}** not attached: {e}"
-        return f"ControlNet **{entry.key}** attached."
+        return f"ControlNet **{entry.key}** attached." + _conversions(self.engine, converted)
 
     def _load_controlnet(self, source: str):
         """A ControlNet switched to before is the same object again (unless its folder changed), so

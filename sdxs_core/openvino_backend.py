@@ -1,5 +1,5 @@
-"""OpenVINO backend for the one-step path: the U-Net (with and without ControlNet residual inputs) and
-the decoder run as OpenVINO models; the text encoder and the ControlNet stay in torch.
+"""OpenVINO backend for the one-step path: the U-Net (with and without ControlNet residual inputs), the
+ControlNet and the decoder run as OpenVINO models; the text encoder stays in torch.
 
 Why: on a CPU, OpenVINO's kernels run SDXS's convolutions and attention faster than torch's, and in
 bf16 (on CPUs with AVX512-BF16 / AMX) or int8 (NNCF post-training quantisation) much faster again;
@@ -7,8 +7,9 @@ FastSD CPU uses it for the same model. Converting a network takes seconds (tiny 
 minute (SDXS-512 with int8 calibration), so each converted network is cached on disk:
 
 - the key is a hash of the network's weights (after a LoRA is fused in), the stored precision, the
-  input shapes (batch left dynamic, so one entry serves every batch size), the calibration set (int8)
-  and the OpenVINO version; a second start with the same model reads the cached model in seconds;
+  input shapes (batch left dynamic, so one entry serves every batch size), the calibration set and
+  the layers kept in float (int8) and the OpenVINO version; a second start with the same model reads
+  the cached model in seconds;
 - an entry is written to a temp folder and renamed into place (``sdxs_core.files.replace_dir``), and
   carries checksums of its files: an entry that fails them, or fails to load, is converted again.
 
@@ -16,10 +17,11 @@ Precisions (``PRECISIONS``):
 
 - ``fp32``: the same arithmetic as torch fp32 (tested equal within 1e-4);
 - ``bf16``: fp32 weights, bf16 arithmetic, only on a CPU that has bf16 instructions;
-- ``int8``: U-Net and decoder quantised by NNCF (weights and activations, int8), calibrated on
-  ``CALIBRATION_SIZE`` U-Net inputs built from the model's own prompts (the caller passes them;
-  ``DEFAULT_CALIBRATION_PROMPTS`` otherwise) and seeds, and on the latents the fp32 U-Net makes from
-  them for the decoder. Operations left in float run in bf16 where the CPU has it, else fp32;
+- ``int8``: U-Net (but for ``INT8_FLOAT_LAYERS``) and decoder quantised by NNCF (weights and
+  activations, int8), calibrated on ``CALIBRATION_SIZE`` U-Net inputs built from the model's own
+  prompts (the caller passes them; ``DEFAULT_CALIBRATION_PROMPTS`` otherwise) and seeds, and on the
+  latents the fp32 U-Net makes from them for the decoder. Operations left in float run in bf16 where
+  the CPU has it, else fp32;
 - ``mixed``: int8 where it is safe (the decoder), bf16 (or fp32 without bf16) for the U-Net.
 
 A LoRA is fused into the U-Net's weights before conversion: a change of LoRA or of its scale converts
@@ -52,6 +54,15 @@ DEFAULT_CALIBRATION_PROMPTS = (
     "a mountain lake at sunrise, mist over the water", "a cat sleeping on a blue sofa",
     "an oil painting of a lighthouse in a storm", "a bright green parrot in a tropical forest",
 )
+# U-Net layers int8 leaves in float, as NNCF ignored-scope patterns on the converted model's node
+# names: the first and last convolutions (the latent's 4 channels in and out) and the timestep
+# embedding with its per-block projections. Quantising them too cost the bundled model 6 points of
+# prompt accuracy; they are a sliver of the U-Net's arithmetic (docs/backends.md).
+INT8_FLOAT_LAYERS = (r".*unet\.conv_in/.*", r".*unet\.conv_out/.*", r".*unet\.time_embedding\..*",
+                     r".*\.time_emb_proj/.*")
+# converted graphs ("kinds") -> the engine network whose weights they hold, and back
+_WHICH = {"unet": "unet", "unet+control": "unet", "decoder": "decoder", "controlnet": "controlnet"}
+_KINDS = {w: tuple(k for k, v in _WHICH.items() if v == w) for w in set(_WHICH.values())}
 _FORMAT = 1  # bump when the layout of a cache entry changes
 
 
@@ -154,9 +165,10 @@ class _Network:
         # (each call already uses every thread it was given)
         self._lock = threading.Lock()
 
-    def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
+    def __call__(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Every output, in the model's order (copies: share_outputs is off)."""
         with self._lock:
-            return self.compiled_for(tuple(a.shape for a in inputs))(inputs)[0]  # a copy: share_outputs is off
+            return self.compiled_for(tuple(a.shape for a in inputs))(inputs).to_tuple()
 
     def compiled_for(self, shapes: tuple):
         compiled = self.compiled.get(shapes)
@@ -202,19 +214,27 @@ class OpenVINOBackend:
         return f"openvino {self.precision}"
 
     def _stored(self, network: str) -> str:
-        """The precision of the stored model: "int8" (quantised) or "fp32" (run at ``float_hint``)."""
-        quantised = self.precision == "int8" or (self.precision == "mixed" and network == "decoder")
+        """The precision of the stored model: "int8" (quantised) or "fp32" (run at ``float_hint``). The
+        ControlNet stays float: calibrating it would need control images of every kind a user may send."""
+        quantised = network != "controlnet" and (
+            self.precision == "int8" or (self.precision == "mixed" and network == "decoder"))
         return "int8" if quantised else "fp32"
 
-    def networks_changed(self) -> None:
-        """The engine changed a network (LoRA, its scale): the next call converts again (or reads the cache)."""
+    def networks_changed(self, which: tuple[str, ...] = ("unet", "decoder")) -> None:
+        """The engine changed networks (by default a LoRA or its scale: the U-Net, and the int8 decoder
+        calibrated on its latents; ``("controlnet",)`` for a ControlNet switch): the next call converts
+        them again (or reads the cache)."""
         with self._lock:
-            self._networks.clear()
-            self._hashes.clear()
+            kinds = {k for w in which for k in _KINDS[w]}
+            for key in [k for k in self._networks if k[0] in kinds]:
+                del self._networks[key]
+            for w in which:
+                self._hashes.pop(w, None)
 
     def _hash(self, engine, which: str) -> str:
         if which not in self._hashes:
-            module = engine.vae if which == "decoder" else fused_unet(engine.unet, engine.loras)
+            module = {"decoder": lambda: engine.vae, "controlnet": lambda: engine.controlnet,
+                      "unet": lambda: fused_unet(engine.unet, engine.loras)}[which]()
             self._hashes[which] = weights_hash(module)
         return self._hashes[which]
 
@@ -223,25 +243,37 @@ class OpenVINOBackend:
         residuals = () if down is None else (mid, *down)
         kind = "unet" if down is None else "unet+control"
         net = self._network(engine, kind, (x, t, embeds, *residuals))
-        out = net([_np(x), _np(t), _np(embeds), *(_np(r) for r in residuals)])
+        (out,) = net([_np(x), _np(t), _np(embeds), *(_np(r) for r in residuals)])
         return torch.from_numpy(out).to(x.dtype)
+
+    def controlnet(self, engine, x, t, embeds, control, scale: float):
+        """``(down_residuals, mid_residual)`` as the torch ControlNet returns them; the strength is an
+        input of the converted graph, so moving it converts nothing."""
+        example = (x, t, embeds, control, torch.tensor(float(scale), dtype=torch.float32))
+        mid, *down = self._network(engine, "controlnet", example)([_np(e) for e in example])
+        return tuple(torch.from_numpy(d).to(x.dtype) for d in down), torch.from_numpy(mid).to(x.dtype)
 
     def decode(self, engine, latents) -> torch.Tensor:
         net = self._network(engine, "decoder", (latents,))
-        return torch.from_numpy(net([_np(latents)]))
+        (image,) = net([_np(latents)])
+        return torch.from_numpy(image)
 
     def prepare(self, engine, height: int | None = None, width: int | None = None) -> list[ConversionEvent]:
         """Convert (or read) the U-Net and the decoder for one size now, so the first image does not wait."""
         h, w = height or engine.default_size, width or engine.default_size
         before = len(self.events)
-        x = engine.make_noise([0], h, w)
-        t = engine._one_step[0] if engine._one_step is not None else torch.tensor([999])
-        embeds = torch.zeros(1, engine.tokenizer.model_max_length, engine.unet.config.cross_attention_dim)
+        x, t, embeds = _example(engine, h, w)
         self._network(engine, "unet", (x, t, embeds))
         if engine.controlnet is not None:
             self._network(engine, "unet+control", (x, t, embeds, *self._control_residuals(engine, (x, t, embeds))))
+            self.prepare_controlnet(engine, h, w)
         self._network(engine, "decoder", (x,))
         return self.events[before:]
+
+    def prepare_controlnet(self, engine, height: int | None = None, width: int | None = None) -> None:
+        """Convert (or read) the attached ControlNet for one size now (at a switch, not the next frame)."""
+        h, w = height or engine.default_size, width or engine.default_size
+        self._network(engine, "controlnet", (*_example(engine, h, w), torch.zeros(1, 3, h, w), torch.tensor(1.0)))
 
     # ---- conversion and cache --------------------------------------------------------------------------
     def _network(self, engine, kind: str, example: tuple) -> _Network:
@@ -252,7 +284,7 @@ class OpenVINOBackend:
             if net is None:
                 start = time.perf_counter()
                 model, cached, entry = self._load_or_convert(engine, kind, example, shapes)
-                stored = self._stored("decoder" if kind == "decoder" else "unet")
+                stored = self._stored(_WHICH[kind])
                 net = _Network(model, "f32" if self.precision == "fp32" else self.float_hint, self.threads)
                 net.compiled_for(tuple(tuple(e.shape) for e in example))  # part of being ready, so timed here
                 self._networks[mem_key] = net
@@ -262,21 +294,25 @@ class OpenVINOBackend:
             return net
 
     def _module(self, engine, kind: str) -> torch.nn.Module:
-        from .graphs import _DecoderGraph, _UNetGraph
+        from .graphs import _ControlNetGraph, _DecoderGraph, _UNetGraph
 
         if kind == "decoder":
             return _DecoderGraph(engine.vae).eval()
+        if kind == "controlnet":
+            return _ControlNetGraph(engine.controlnet).eval()
         return _UNetGraph(fused_unet(engine.unet, engine.loras), kind == "unet+control").eval()
 
     def _entry_key(self, engine, kind: str, shapes: tuple) -> str:
         import openvino as ov
 
-        which = "decoder" if kind == "decoder" else "unet"
+        which = _WHICH[kind]
         stored = self._stored(which)
         parts = {"format": _FORMAT, "network": kind, "weights": self._hash(engine, which), "stored": stored,
                  "shapes": shapes, "openvino": ov.get_version()}
         if stored == "int8":
             parts["calibration"] = [self.calibration_prompts, self.calibration_size]
+            if kind != "decoder":
+                parts["float_layers"] = INT8_FLOAT_LAYERS
             if kind == "decoder":  # calibrated on the U-Net's latents: they depend on its weights too
                 parts["unet"] = self._hash(engine, "unet")
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -332,7 +368,7 @@ class OpenVINOBackend:
             warnings.simplefilter("ignore")  # tracing notes on shape asserts: the shapes are pinned below
             model = ov.convert_model(module, example_input=example)
         model.reshape({model.inputs[i]: ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
-        if self._stored("decoder" if kind == "decoder" else "unet") == "int8":
+        if self._stored(_WHICH[kind]) == "int8":
             model = self._quantise(engine, kind, model)
         return model
 
@@ -361,10 +397,12 @@ class OpenVINOBackend:
         else:
             data = [[_np(a) for a in item] + [_np(r) for r in self._control_residuals(engine, item)]
                     for item in inputs]
+        unet = {} if kind == "decoder" else dict(
+            model_type=nncf.ModelType.TRANSFORMER,
+            ignored_scope=nncf.IgnoredScope(patterns=list(INT8_FLOAT_LAYERS), validate=False))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
-                                 model_type=None if kind == "decoder" else nncf.ModelType.TRANSFORMER)
+            return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **unet)
 
     @staticmethod
     @torch.inference_mode()
@@ -390,14 +428,21 @@ class OpenVINOBackend:
         return (mid, *down)
 
 
+def _example(engine, height: int, width: int) -> tuple:
+    """One-step U-Net inputs ``(x, t, embeds)`` of the right shapes, to convert and compile with."""
+    t = engine._one_step[0] if engine._one_step is not None else torch.tensor([999])
+    embeds = torch.zeros(1, engine.tokenizer.model_max_length, engine.unet.config.cross_attention_dim)
+    return engine.make_noise([0], height, width), t, embeds
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     t = t.detach()
     return (t.float() if t.is_floating_point() else t).contiguous().numpy()
 
 
 def _dynamic_batch_shapes(kind: str, example: tuple) -> tuple:
-    """Input shapes with the batch left dynamic (-1), except the timestep (shape [1])."""
-    return tuple(tuple(e.shape) if i == 1 and kind != "decoder" else (-1, *e.shape[1:])
+    """Input shapes with the batch left dynamic (-1), except the timestep (shape [1]) and scalars."""
+    return tuple(tuple(e.shape) if (i == 1 and kind != "decoder") or e.dim() == 0 else (-1, *e.shape[1:])
                  for i, e in enumerate(example))
 
 

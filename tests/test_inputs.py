@@ -71,6 +71,20 @@ def test_nan_weights_give_an_error_not_a_black_image(engine):
             engine.generate("a", seed=0, output_type=output_type, **SIZE)
 
 
+def test_a_flat_image_is_flagged_not_passed_as_a_result(engine):
+    """A finite but one-colour image (a saturated LoRA, say) comes back with a warning naming its seed."""
+    assert engine.generate("a", seed=0, **SIZE).warnings == []
+    last = [m for m in engine.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-5.0)  # decodes to black everywhere
+    engine._networks_changed()
+    out = engine.generate("a", seed=[3, 4], num_images=2, **SIZE)
+    assert len(out.images) == 2 and not np.asarray(out.images[0]).any()
+    assert len(out.warnings) == 1 and "2 of 2 images came out one flat colour (seed 3, seed 4)" in out.warnings[0]
+    assert engine.generate("a", seed=0, output_type="latent", **SIZE).warnings == []
+
+
 def test_a_distilled_model_refuses_many_steps(tiny_dir, tmp_path):
     from sdxs_core import load_engine
 

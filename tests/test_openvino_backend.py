@@ -58,6 +58,34 @@ def test_controlnet_residuals_are_graph_inputs(torch_engine, ov_fp32):
     assert {e.network for e in ov_fp32.backend.events} >= {"unet", "unet+control", "decoder"}
 
 
+def test_controlnet_runs_converted_and_follows_a_switch(tiny_dir, tiny_controlnet_dir, tmp_path, cache):
+    """The ControlNet is converted too; its strength is a graph input (moving it converts nothing), and
+    attaching another ControlNet converts that one (the old graph must not be reused)."""
+    from sdxs_core.loading import load_controlnet
+    from sdxs_core.testkit import write_tiny_controlnet
+
+    other = write_tiny_controlnet(tiny_dir, tmp_path / "other", seed=7)
+    with torch.no_grad():  # zero-initialised outputs would make every ControlNet look alike
+        other_cn = load_controlnet(other, torch.device("cpu"), torch.float32)
+        for p in other_cn.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[8:40, 20:56] = 255
+    ov = load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu", backend="openvino", precision="fp32",
+                     cache_dir=cache)
+    ref = load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu", backend="torch")
+    assert "controlnet" in {e.network for e in ov.backend.events}
+    events = len(ov.backend.events)
+    half = images(ov, control_image=square, control_scale=0.5)
+    assert len(ov.backend.events) == events  # a new strength converted nothing
+    assert np.abs(half - images(ref, control_image=square, control_scale=0.5)).max() < TOLERANCE["fp32"]
+    ov.set_controlnet(other_cn)
+    ref.set_controlnet(other_cn)
+    assert [e.network for e in ov.backend.events[events:]] == ["controlnet"]
+    got, want = images(ov, control_image=square), images(ref, control_image=square)
+    assert np.abs(got - want).max() < TOLERANCE["fp32"] and np.abs(got - half).max() > 0.01
+
+
 def test_second_load_reads_the_cache(tiny_dir, cache, ov_fp32):
     again = load_engine(tiny_dir, device="cpu", backend="openvino", precision="fp32", cache_dir=cache)
     assert [e.cached for e in again.backend.events] == [True, True]
@@ -114,6 +142,23 @@ def test_low_precision_within_tolerance(precision, tiny_dir, tiny_controlnet_dir
     if precision == "mixed":  # a LoRA re-calibrates the int8 decoder on the new U-Net's latents
         engine.load_lora(tiny_lora_file, scale=0.5)
         assert not engine.backend.events[-1].cached and engine.backend.events[-1].network == "decoder"
+
+
+def _quantised_convolutions(engine) -> dict[str, bool]:
+    """Each U-Net convolution of the stored OpenVINO model: whether its activation input is int8 (a FakeQuantize)."""
+    (model,) = [net.model for (kind, _), net in engine.backend._networks.items() if kind == "unet"]
+    return {op.get_friendly_name(): any(i.get_source_output().get_node().get_type_name() == "FakeQuantize"
+                                        for i in op.inputs())
+            for op in model.get_ops() if op.get_type_name() == "Convolution"}
+
+
+def test_int8_keeps_the_unets_first_and_last_layers_in_float(tiny_dir, cache):
+    engine = load_engine(tiny_dir, device="cpu", backend="openvino", precision="int8", cache_dir=cache)
+    engine.generate(PROMPT, seed=0, output_type="np")
+    convs = _quantised_convolutions(engine)
+    ends = {n: q for n, q in convs.items() if ".conv_in/" in n or ".conv_out/" in n}
+    assert len(ends) == 2 and not any(ends.values())
+    assert sum(convs.values()) >= len(convs) // 2  # the rest of the U-Net is int8
 
 
 def test_bf16_refused_without_cpu_support(monkeypatch):
