@@ -59,9 +59,9 @@ CSS = """
   font-weight: var(--button-large-text-weight); font-size: var(--button-large-text-size); min-width: 12em;
   cursor: pointer; }
 #live-start:hover { background: var(--button-primary-background-fill-hover); }
-#live-save { border: 1px solid var(--border-color-primary); border-radius: var(--button-large-radius);
+#live-save, #live-record { border: 1px solid var(--border-color-primary); border-radius: var(--button-large-radius);
   padding: var(--button-large-padding); background: var(--button-secondary-background-fill); cursor: pointer; }
-#live-save:disabled { opacity: 0.5; cursor: default; }
+#live-save:disabled, #live-record:disabled { opacity: 0.5; cursor: default; }
 #live-mirror { appearance: auto; accent-color: var(--color-accent); width: 1.1em; height: 1.1em; margin: 0 0.3em 0 0; }
 #live-readout { min-height: 3em; }
 #banner { border-left: 4px solid var(--color-accent); padding-left: 0.75em; }
@@ -95,6 +95,7 @@ LIVE_HTML = f"""<div class="sdxs-live">
   <div class="sdxs-live-bar">
     <button id="live-start">Start webcam</button>
     <button id="live-save" disabled title="Download the generated frame on screen">Save frame</button>
+    <button id="live-record" disabled title="Record the generated frames for 5 s (WebM)">Record 5 s</button>
     <label><input type="checkbox" id="live-mirror" checked> Mirror</label>
   </div>
   <div id="live-readout">Press Start webcam: FPS and latency appear here.</div>
@@ -795,6 +796,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    limits.limit_malloc_arenas()  # before the server's threads: see its docstring
     torch.set_num_threads(args.threads or serving_threads())
     manager = None if args.no_train else JobManager(args.jobs_dir, threads=args.train_threads)
     hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None, backend=args.backend,

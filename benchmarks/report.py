@@ -29,8 +29,16 @@ TITLES = {
                         "fp32 against OpenVINO fp32 / bf16 / int8 / mixed; drop = prompt-accuracy points."),
     "live_loop": ("Live loop in the browser", "the app in-process, headless Chromium with a fake webcam, the Live "
                   "tab streaming; FPS counted in the page, latency from camera frame to decoded output."),
+    "backend_quality_edges": ("What a backend precision costs a ControlNet", "as above with the default's edges "
+                              "ControlNet: edge F1 of the generated images against the control maps."),
     "live_loop_socket": ("Live loop without a browser", "the Live tab's WebSocket protocol driven from Python."),
-    "soak": ("Live loop soak", "a long stream: memory and FPS over time."),
+    "live_loop_socket_sdxs512": ("Live sketch loop at SDXS-512 size", "the WebSocket client against SDXS-512's "
+                                 "architecture and its sketch ControlNet (random weights), 512×512."),
+    "sketch_latency": ("Sketch pad: stroke to image", "strokes sent over the sketch pad's WebSocket, time until "
+                       "the image drawn from them arrives."),
+    "soak": ("Many users, long session", "the app served to 8 text-to-image API clients, an operator switching "
+                                         "LoRA scale and ControlNet, and two live sockets: memory, temp files, "
+                                         "errors, latency; then an idle slot reclaimed."),
     "miniature_teacher": ("Miniature teacher", "held-out prompts: its own sampler (25 steps + CFG) against one "
                           "step. mFID is comparable only at equal n."),
     "miniature_sdxs": ("SDXS chain on the first miniature teacher", "teacher, KD student and one-step students "

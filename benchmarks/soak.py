@@ -51,6 +51,20 @@ def _frame(i: int, side: int = 256) -> bytes:
     return buf.getvalue()
 
 
+def _object_counts() -> dict[str, int]:
+    """Live Python objects by type (after a collection): what grows, when RSS does."""
+    import collections
+    import gc
+
+    gc.collect()
+    return collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+
+
+def _growth(before: dict, after: dict, top: int = 15) -> dict[str, int]:
+    grown = {k: after[k] - before.get(k, 0) for k in after}
+    return dict(sorted(((k, v) for k, v in grown.items() if v > 0), key=lambda kv: -kv[1])[:top])
+
+
 class Soak:
     def __init__(self, url: str, hub, janitor, args):
         self.url, self.hub, self.janitor, self.args = url, hub, janitor, args
@@ -206,9 +220,11 @@ class Soak:
         with self.lock:
             rss_warm = self._rss_level()
         traces_warm = self._traces()
+        objects_warm = _object_counts() if self.args.objects else None
         time.sleep(max(0.0, seconds - self.args.warmup_s))
         with self.lock:
             rss_end = self._rss_level()
+        objects_end = _object_counts() if self.args.objects else None
         idle.set()  # the two streams stay connected but go silent, as background tabs would
         for c in connected:
             c.wait(5)
@@ -238,6 +254,7 @@ class Soak:
             "graph_traces_after_warmup": traces_warm, "graph_traces": self._traces(),
             "idle_timeout_s": gate.idle_s,
             "idle_slot_reclaimed_s": round(reclaimed, 2) if reclaimed is not None else None,
+            **({"object_growth": _growth(objects_warm, objects_end)} if self.args.objects else {}),
             "rss_mb_series": [[round(t), round(r, 1)] for t, r in self.rss[::max(1, len(self.rss) // 120)]],
         }
 
@@ -254,6 +271,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--search-dir", action="append", type=Path, default=None,
                         help="folders to offer models, ControlNets and LoRAs from (default: outputs/ and assets/)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as app.py)")
+    parser.add_argument("--objects", action="store_true",
+                        help="also count live Python objects by type at warm-up and at the end (object_growth)")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.clients < 1 or args.switch_s <= 0:
@@ -268,7 +287,8 @@ def main(argv=None) -> dict:
     from sdxs_core.hub import ModelHub
 
     torch.set_num_threads(args.threads or serving_threads())
-    janitor = limits.CacheJanitor(limits.private_cache_dir()).start()  # as app.main() does
+    limits.limit_malloc_arenas()  # as app.main() does
+    janitor = limits.CacheJanitor(limits.private_cache_dir()).start()
     import app
 
     hub = ModelHub(search_dirs=args.search_dir, device="cpu")

@@ -149,6 +149,23 @@ def release_freed_memory() -> bool:
         return False
 
 
+MALLOC_ARENAS = 2  # glibc malloc arenas for a serving process (see limit_malloc_arenas)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX`` does), before the server's threads start.
+    glibc gives each contending thread an arena of its own, up to eight per core; a request thread
+    pool handing out images of changing batch sizes leaves every arena holding fragments that
+    ``malloc_trim`` cannot return, and a long-running app's RSS creeps up (benchmarks.soak). Two
+    arenas cost nothing measurable here: the arithmetic runs in torch's own threads. False where
+    there is no glibc."""
+    libc = _libc()
+    try:
+        return bool(libc and libc.mallopt(-8, arenas))  # -8: M_ARENA_MAX in <malloc.h>
+    except AttributeError:
+        return False
+
+
 @functools.cache
 def _libc():
     """The C library, looked up once (``find_library`` runs a subprocess)."""

@@ -14,7 +14,7 @@
 const $ = (selector) => element.querySelector(selector);
 const video = $("#live-webcam"), outImg = $("#live-out img"), controlImg = $("#live-control img");
 const button = $("#live-start"), mirror = $("#live-mirror"), readout = $("#live-readout");
-const saveButton = $("#live-save");
+const saveButton = $("#live-save"), recordButton = $("#live-record");
 const grab = document.createElement("canvas"), grabCtx = grab.getContext("2d");
 const encoder = new TextEncoder(), decoder = new TextDecoder();
 const WINDOW_MS = 2000, RETRY_MS = 3000, READOUT_EVERY_MS = 250;
@@ -63,7 +63,39 @@ function show(img, bytes) {
   const old = img.src;
   img.src = URL.createObjectURL(new Blob([bytes], {type: "image/jpeg"}));
   if (old.startsWith("blob:")) URL.revokeObjectURL(old);
-  if (img === outImg) saveButton.disabled = false;
+  if (img === outImg) {
+    saveButton.disabled = recordButton.disabled = false;
+    if (recording) img.decode().then(() => recording && recording.ctx.drawImage(img, 0, 0, CLIP_SIDE, CLIP_SIDE), () => {});
+  }
+}
+
+// A short clip of the generated frames: each frame is drawn onto a canvas whose stream a
+// MediaRecorder encodes (WebM), downloaded when CLIP_MS have passed or the button is pressed again.
+const CLIP_MS = 5000, CLIP_SIDE = 512;
+let recording = null;
+
+function record() {
+  if (recording) { recording.recorder.stop(); return; }
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = CLIP_SIDE;
+  const ctx = canvas.getContext("2d");
+  if (outImg.src.startsWith("blob:")) ctx.drawImage(outImg, 0, 0, CLIP_SIDE, CLIP_SIDE);
+  const recorder = new MediaRecorder(canvas.captureStream(30), {mimeType: "video/webm"});
+  const chunks = [];
+  recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
+  recorder.onstop = () => {
+    clearTimeout(recording.timer);
+    recording = null;
+    recordButton.textContent = "Record 5 s";
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob(chunks, {type: "video/webm"}));
+    a.download = `sdxs-live-${new Date().toISOString().replace(/[:.]/g, "-")}.webm`;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  };
+  recording = {recorder, ctx, timer: setTimeout(() => recorder.stop(), CLIP_MS)};
+  recorder.start(250);
+  recordButton.textContent = "Stop recording";
 }
 
 function saveFrame() {
@@ -212,6 +244,7 @@ function visibilityChanged() {
 
 button.addEventListener("click", () => (wanted ? stop() : start()));
 saveButton.addEventListener("click", saveFrame);
+recordButton.addEventListener("click", record);
 document.addEventListener("visibilitychange", visibilityChanged);
 // Gradio hides an unselected tab's content (display: none): an observer sees it leave and come back
 new IntersectionObserver(visibilityChanged).observe(element);

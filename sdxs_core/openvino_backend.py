@@ -259,21 +259,26 @@ class OpenVINOBackend:
         return torch.from_numpy(image)
 
     def prepare(self, engine, height: int | None = None, width: int | None = None) -> list[ConversionEvent]:
-        """Convert (or read) the U-Net and the decoder for one size now, so the first image does not wait."""
+        """Convert (or read) the U-Net and the decoder for one size now, so the first image does not wait;
+        with a ControlNet attached, also it and the U-Net that takes its residuals."""
         h, w = height or engine.default_size, width or engine.default_size
         before = len(self.events)
         x, t, embeds = _example(engine, h, w)
         self._network(engine, "unet", (x, t, embeds))
-        if engine.controlnet is not None:
-            self._network(engine, "unet+control", (x, t, embeds, *self._control_residuals(engine, (x, t, embeds))))
-            self.prepare_controlnet(engine, h, w)
         self._network(engine, "decoder", (x,))
+        if engine.controlnet is not None:
+            self.prepare_controlnet(engine, h, w)
         return self.events[before:]
 
     def prepare_controlnet(self, engine, height: int | None = None, width: int | None = None) -> None:
-        """Convert (or read) the attached ControlNet for one size now (at a switch, not the next frame)."""
+        """Convert (or read) the attached ControlNet, and the U-Net with residual inputs, for one size now
+        (at a switch, not at the next frame)."""
         h, w = height or engine.default_size, width or engine.default_size
-        self._network(engine, "controlnet", (*_example(engine, h, w), torch.zeros(1, 3, h, w), torch.tensor(1.0)))
+        x, t, embeds = _example(engine, h, w)
+        cond = torch.zeros(1, 3, h, w)
+        self._network(engine, "controlnet", (x, t, embeds, cond, torch.tensor(1.0)))
+        down, mid = self.controlnet(engine, x, t, embeds, cond, 1.0)  # the residuals' shapes
+        self._network(engine, "unet+control", (x, t, embeds, mid, *down))
 
     # ---- conversion and cache --------------------------------------------------------------------------
     def _network(self, engine, kind: str, example: tuple) -> _Network:

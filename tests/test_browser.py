@@ -162,6 +162,12 @@ def test_live_pauses_while_its_tab_is_hidden_and_saves_a_frame(page):
     with page.expect_download() as download:
         page.locator("#live-save").click()
     assert download.value.suggested_filename.startswith("sdxs-live-")
+    with page.expect_download(timeout=15000) as clip:
+        page.locator("#live-record").click()
+        page.wait_for_function("document.querySelector('#live-record').textContent.includes('Stop')")
+    assert clip.value.suggested_filename.endswith(".webm")  # after the 5 s the clip downloads by itself
+    video = Path(clip.value.path()).read_bytes()
+    assert len(video) > 1000 and video[:4] == bytes.fromhex("1a45dfa3")  # a WebM (EBML) file with frames
 
     page.get_by_role("tab", name="Text to image").click()  # the Live tab hidden: its stream pauses
     page.wait_for_function(f"{text}.includes('Paused')")

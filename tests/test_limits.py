@@ -3,6 +3,7 @@
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,39 @@ def _rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     pytest.skip("no /proc")
+
+
+ARENAS = """
+import ctypes, ctypes.util, sys, tempfile, threading
+from sdxs_core import limits
+if sys.argv[1] == "capped":
+    limits.limit_malloc_arenas(2)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+barrier = threading.Barrier(12)
+def work():  # all alive at once: an exiting thread's arena would be handed to the next one
+    held = [bytearray(4096) for _ in range(64)]
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(12)]
+for t in threads: t.start()
+for t in threads: t.join()
+path = tempfile.mktemp()
+libc.fopen.restype = ctypes.c_void_p
+f = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(f))
+libc.fclose(ctypes.c_void_p(f))
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(limits._libc() is None or not hasattr(limits._libc(), "mallopt"), reason="no glibc")
+def test_malloc_arenas_are_capped_for_a_threaded_server():
+    """Each new thread would get a malloc arena of its own (up to 8 per core); capped, they share two."""
+    import subprocess
+    import sys
+
+    def heaps(mode):
+        out = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True,
+                             cwd=Path(limits.__file__).parent.parent)
+        return int(out.stdout.strip())
+
+    assert heaps("capped") <= 2 < heaps("free")
