@@ -768,7 +768,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino"),
                         help="what runs the U-Net and decoder; auto: openvino on a CPU where installed (docs/backends.md)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8", "mixed"),
-                        help="openvino's precision; auto: bf16 where the CPU has it, else fp32")
+                        help="openvino's precision; auto: mixed where the CPU has bf16, else fp32")
     parser.add_argument("--cache-dir", default=None, help="openvino's converted models (default ~/.cache/sdxs-studio)")
     parser.add_argument("--eager", action="store_true",
                         help="run the networks eagerly, without the traced one-step graphs used on a CPU")

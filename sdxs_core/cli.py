@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", default="auto", choices=BACKENDS,
                      help="torch, or openvino (CPU; converted once, cached); auto: openvino where it applies")
     gen.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
-                     help="openvino only; auto: bf16 where the CPU has it, else fp32 (docs/backends.md)")
+                     help="openvino only; auto: mixed where the CPU has bf16, else fp32 (docs/backends.md)")
     gen.add_argument("--cache-dir", default=None, help="openvino's converted models (default ~/.cache/sdxs-studio)")
     info = sub.add_parser("info", help="device, dtype and which models are available locally")
     for p in (gen, info):

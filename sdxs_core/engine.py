@@ -188,8 +188,13 @@ class OneStepEngine:
         if controlnet is not None:
             check_controlnet_fits(controlnet, self.unet)
             controlnet.eval().requires_grad_(False)
-        self.controlnet = controlnet
-        self._networks_changed(controlnet=True)
+        previous, self.controlnet = self.controlnet, controlnet
+        try:
+            self._networks_changed(controlnet=True)
+        except Exception:  # a ControlNet the backend cannot convert: keep the one that worked
+            self.controlnet = previous
+            self._networks_changed(controlnet=True)
+            raise
 
     def load_lora(self, source, scale: float = 1.0, adapter_name: str | None = None) -> str:
         """Add a LoRA (diffusers / PEFT / kohya file, folder, preset or hub id) and activate it."""

@@ -92,9 +92,10 @@ def cpu_supports_bf16() -> bool:
 
 
 def default_precision() -> str:
-    """bf16 where the CPU has it (its quality drop on the miniature default is within the 1-point
-    bound: docs/backends.md), fp32 elsewhere."""
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    """``mixed`` (bf16 U-Net and ControlNet, int8 decoder) where the CPU has bf16: the fastest path
+    whose quality drop on the miniature default stays within the 1-point bound (docs/backends.md),
+    at the cost of one decoder calibration per model and LoRA; fp32 elsewhere."""
+    return "mixed" if cpu_supports_bf16() else "fp32"
 
 
 def resolve_precision(precision: str | None) -> str:

@@ -85,6 +85,19 @@ def test_controlnet_runs_converted_and_follows_a_switch(tiny_dir, tiny_controlne
     got, want = images(ov, control_image=square), images(ref, control_image=square)
     assert np.abs(got - want).max() < TOLERANCE["fp32"] and np.abs(got - half).max() > 0.01
 
+    def unconvertible(*args):
+        raise RuntimeError("conversion failed")
+
+    convert, ov.backend._convert = ov.backend._convert, unconvertible
+    broken = load_controlnet(tiny_controlnet_dir, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        next(broken.parameters()).add_(1.0)  # other weights: not in the cache, so it must convert
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        ov.set_controlnet(broken)
+    ov.backend._convert = convert
+    assert ov.controlnet is other_cn  # a failed switch keeps the ControlNet that worked
+    assert np.abs(images(ov, control_image=square) - want).max() < TOLERANCE["fp32"]
+
 
 def test_second_load_reads_the_cache(tiny_dir, cache, ov_fp32):
     again = load_engine(tiny_dir, device="cpu", backend="openvino", precision="fp32", cache_dir=cache)
@@ -166,6 +179,8 @@ def test_bf16_refused_without_cpu_support(monkeypatch):
     with pytest.raises(ValueError, match="bf16 instructions"):
         ov_backend.OpenVINOBackend(precision="bf16")
     assert ov_backend.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(ov_backend, "cpu_supports_bf16", lambda: True)
+    assert ov_backend.resolve_precision("auto") == "mixed"  # the fastest path within the quality bound
     with pytest.raises(ValueError, match="precision='fp16'"):
         ov_backend.resolve_precision("fp16")
 

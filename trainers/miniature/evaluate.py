@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy CPU)")
     parser.add_argument("--backend", default="torch", choices=("auto", "torch", "openvino"),
                         help="what runs the one-step U-Net and decoder (docs/backends.md)")
-    parser.add_argument("--precision", default="auto", help="openvino: fp32, bf16, int8, mixed (auto: bf16 where "
-                                                            "the CPU has it); int8 calibrates on train captions")
+    parser.add_argument("--precision", default="auto", help="openvino: fp32, bf16, int8, mixed (auto: mixed where "
+                                                            "the CPU has bf16); int8 calibrates on train captions")
     parser.add_argument("--cache-dir", default=None, help="openvino's converted models")
     args = parser.parse_args(argv)
     if (args.controlnet is None) != (args.control_type is None):
