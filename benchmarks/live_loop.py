@@ -1,4 +1,4 @@
-"""The live loop through the real server path: the app launched in-process and fed webcam frames,
+r"""The live loop through the real server path: the app launched in-process and fed webcam frames,
 either by a real browser (``--client browser``, the default) or by gradio_client (``--client api``).
 
 ``--client browser`` measures what a user sees. Headless Chromium opens the Live tab with a fake
@@ -37,6 +37,13 @@ Browser, server and model share this machine's CPU, as they would with a browser
     python -m benchmarks.live_loop --client socket --frames 200
     python -m benchmarks.live_loop --client api --frames 50
     python -m benchmarks.live_loop --model PATH --controlnet PATH --device cuda --seconds 30
+
+SDXS-512's architecture with its sketch ControlNet (random weights, ``benchmarks.sdxs512``), 512x512:
+
+    python -m benchmarks.sdxs512 /tmp/sdxs512
+    python -m benchmarks.live_loop --client socket --threads 2 --model /tmp/sdxs512/sdxs-512-random \
+        --controlnet /tmp/sdxs512/controlnet-sketch-512-random --control-type sketch --frames 12 --warmup 2 \
+        --repeats 1 --out benchmarks/results/live_loop_socket_sdxs512.json
 """
 
 import argparse
