@@ -189,8 +189,8 @@ def live_readout(result: FrameResult, stats: LiveStats, params: LiveParams, trai
     text = (f"**{stats.fps:.1f} fps** · latency {result.latency_ms:.0f} ms (avg {stats.latency_ms:.0f}) · "
             f"control **{params.control_type}** · {source}\n\n"
             f"{stats.generated} generated · {stats.reused} static reused · {stats.superseded} superseded")
-    notice = control_mismatch(trained_on, params.control_type)
-    return text + (f"\n\n⚠️ {notice}" if notice else "")
+    notices = [n for n in (control_mismatch(trained_on, params.control_type), *result.warnings) if n]
+    return text + "".join(f"\n\n⚠️ {n}" for n in notices)
 
 
 def catalogue(hub: ModelHub) -> str:

@@ -314,7 +314,8 @@ class LiveConnection:
                   "reused": result.reused, "latency_ms": round(result.latency_ms, 2),
                   "stages_ms": {k: round(v, 2) for k, v in result.stages_ms.items()},
                   "stats": asdict(self.session.stats()), "control_type": params.control_type,
-                  "notice": control_mismatch(self.hub.controlnet_control, params.control_type)}
+                  "notice": " ".join(filter(None, [control_mismatch(self.hub.controlnet_control, params.control_type),
+                                                   *result.warnings]))}
         return pack(header, image, control)
 
 

@@ -16,7 +16,7 @@ A ``LiveSession`` holds one browser session's state; two sessions never share no
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -56,6 +56,7 @@ class FrameResult:
     stages_ms: dict[str, float]  # server time per stage of the generation that made `image`
     latency_ms: float  # this frame: arrival -> result, including any wait for the previous frame
     reused: bool  # a static frame: `image` is the previous output
+    warnings: list[str] = field(default_factory=list)  # the engine's (e.g. a frame of one flat colour)
 
 
 @dataclass
@@ -209,7 +210,7 @@ class LiveSession:
         if last and last[0] == signature and float(np.abs(thumb - last[1]).mean()) < self.static_threshold:
             self._reused += 1
             return self._deliver(FrameResult(last[2].image, last[2].control, last[2].stages_ms,
-                                             latency_ms=0.0, reused=True), arrived)
+                                             latency_ms=0.0, reused=True, warnings=last[2].warnings), arrived)
 
         control = extract(params.control_type, rgb)
         out = engine.generate(params.prompt, control_image=control.image, control_scale=params.control_scale,
@@ -218,7 +219,7 @@ class LiveSession:
         image = (out.images[0] * 255).round().astype(np.uint8)
         stages = {"extract_ms": control.ms, **asdict(out.timings)}
         stages["total_ms"] = (time.perf_counter() - start) * 1e3  # crop + extract + generate + convert
-        result = FrameResult(image, control.image, stages, latency_ms=0.0, reused=False)
+        result = FrameResult(image, control.image, stages, latency_ms=0.0, reused=False, warnings=out.warnings)
         self._last = (signature, thumb, result)
         self._generated += 1
         return self._deliver(result, arrived)

@@ -189,3 +189,24 @@ def test_frames_of_any_shape_become_the_model_square():
 def test_live_params_reject_bad_values(kwargs):
     with pytest.raises(ValueError):
         LiveParams(**kwargs)
+
+
+def test_a_flat_frame_carries_the_engines_warning(control_engine, tmp_path):
+    """A frame that decodes to one colour says so (the page shows it under the FPS readout)."""
+    from app import live_readout
+    from sdxs_core import load_engine
+    from sdxs_core.catalogue import ensure_tiny_model
+
+    black = load_engine(*ensure_tiny_model(tmp_path), device="cpu")
+    last = [m for m in black.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-5.0)
+    black._networks_changed()
+    session = LiveSession()
+    result = session.process(black, square_at(10), PARAMS)
+    assert not result.image.any() and "one flat colour" in result.warnings[0]
+    assert session.process(black, square_at(10), PARAMS).reused  # a reused frame keeps its warning
+    assert "⚠️" in live_readout(result, session.stats(), PARAMS) and "flat colour" in live_readout(
+        session.process(black, square_at(10), PARAMS), session.stats(), PARAMS)
+    assert session.process(control_engine, square_at(12), PARAMS).warnings == []
