@@ -120,7 +120,7 @@ def is_miniature_dir(path: str | os.PathLike) -> bool:
 
 def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1] (the estimator's input, in training too)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return torch.tensor(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # a copy: inputs may be read-only
 
 
 class MiniatureDepth:
