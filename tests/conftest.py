@@ -97,11 +97,8 @@ def style_lora(tiny_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_app(tmp_path_factory):
-    """``(hub, url)``: the real app serving the random tiny model on a free localhost port."""
-    import socket
-
-    from app import build_demo
+def tiny_hub(tmp_path_factory):
+    """A ``ModelHub`` with the random tiny model and its ControlNet loaded, offering only those."""
     from sdxs_core.catalogue import ensure_tiny_model
     from sdxs_core.hub import ModelHub
 
@@ -109,6 +106,17 @@ def tiny_app(tmp_path_factory):
     ensure_tiny_model(outputs)
     hub = ModelHub(search_dirs=[outputs], device="cpu", outputs=outputs)
     hub.start("outputs/tiny-model")
+    return hub
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tiny_hub):
+    """``(hub, url)``: the real app serving the random tiny model on a free localhost port."""
+    import socket
+
+    from app import build_demo
+
+    hub = tiny_hub
     demo = build_demo(hub)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

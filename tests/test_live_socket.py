@@ -18,16 +18,9 @@ from sdxs_core.live_socket import LIVE_PATH, FrameError, LiveGate, frame_params,
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    from sdxs_core.catalogue import ensure_tiny_model
-    from sdxs_core.hub import ModelHub
-
-    outputs = tmp_path_factory.mktemp("live") / "outputs"
-    ensure_tiny_model(outputs)
-    hub = ModelHub(search_dirs=[outputs], device="cpu", outputs=outputs)
-    hub.start("outputs/tiny-model")
-    assert hub.engine.controlnet is not None
-    return hub
+def hub(tiny_hub):
+    assert tiny_hub.engine.controlnet is not None
+    return tiny_hub
 
 
 def client_for(hub, gate=None) -> TestClient:
