@@ -11,6 +11,7 @@ Browsers need HTTPS (or localhost) to open a webcam.
 """
 
 import argparse
+import functools
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from sdxs_core import access, limits, live_socket
 from sdxs_core.control import EXTRACTORS, sketch_to_control
 from sdxs_core.devices import serving_threads
 from sdxs_core.errors import RANGES, InvalidInputError, Range, SDXSError
+from sdxs_core.gpu import MODES
 from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats, control_mismatch
 from sdxs_core.hub import ModelHub, TextRequest, text_to_image
 from trainers.jobs.inputs import data_folders, resolve_data_folder, save_image_uploads, save_lora_upload
@@ -312,8 +314,9 @@ CN_DATA = ("the miniature world", "uploaded images", "a folder under the data ro
 TEACHER_CN_DEFAULT = "the preset's (or train one first)"
 
 
-def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
-    """Two job forms, the job list and the selected job's page, refreshed every 2 s."""
+def build_train_tab(jobs: TrainJobs, model_view, model_outputs, deny) -> None:
+    """Two job forms, the job list and the selected job's page, refreshed every 2 s. ``deny(request,
+    action)``: the refusal for a request that may not change shared state (see build_demo)."""
     presets = jobs.manager.preset_names()
     default_preset = "quick" if "quick" in presets else presets[0]
     gr.Markdown(TRAIN_INTRO)
@@ -400,7 +403,7 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
 
     def submit_lora(source, pick, upload, files, folder, trig, captions, template, name, preset, overrides, procs,
                     request: gr.Request = None):
-        refused = access.refusal(request, "start a training job")
+        refused = deny(request, "start a training job")
         if refused:
             gr.Warning(refused)
             return f"⚠️ Not started: {refused}", None
@@ -425,7 +428,7 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
 
     def submit_controlnet(control, data, files, folder, teacher, name, preset, overrides, procs,
                           request: gr.Request = None):
-        refused = access.refusal(request, "start a training job")
+        refused = deny(request, "start a training job")
         if refused:
             gr.Warning(refused)
             return f"⚠️ Not started: {refused}", None
@@ -466,7 +469,7 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
                 gr.update(visible=file is not None, value=str(file) if file else None), artefacts, *models)
 
     def act(action, job_id, request):
-        refused = access.refusal(request, "cancel or resume a training job")
+        refused = deny(request, "cancel or resume a training job")
         if refused:
             gr.Warning(refused)
             return f"⚠️ {refused}"
@@ -489,7 +492,7 @@ def build_train_tab(jobs: TrainJobs, model_view, model_outputs) -> None:
 
     def apply(job_id, request: gr.Request = None):
         """Use now: the job's result becomes the app's LoRA or ControlNet (Text to image and Live)."""
-        refused = access.refusal(request, "switch the app's LoRA or ControlNet")
+        refused = deny(request, "switch the app's LoRA or ControlNet")
         if refused:
             return model_view(refused)
         if job_id is None:
@@ -552,9 +555,11 @@ def job_api_view(jobs: TrainJobs, job_id) -> dict:
 
 
 # ---- the page -------------------------------------------------------------------------------------
-def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
+def build_demo(hub: ModelHub, jobs: TrainJobs | None = None, admins: frozenset[str] | None = None) -> gr.Blocks:
     """The Blocks app over one ``ModelHub`` (and the training jobs, unless ``jobs`` is None: no
-    Train tab); every handler delegates to sdxs_core or trainers.jobs."""
+    Train tab); every handler delegates to sdxs_core or trainers.jobs. ``admins``: the logged-in
+    accounts that may change shared state (None: every account; see sdxs_core.access)."""
+    deny = functools.partial(access.refusal, admins=admins)
     engine_queue = dict(concurrency_id="engine", concurrency_limit=ENGINE_SLOTS)
 
     def run_live(session: LiveSession, frame, params: LiveParams) -> FrameResult | None:
@@ -625,23 +630,23 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
 
     # switching the engine changes the app for every user: only the operator may (sdxs_core.access)
     def load_model(key, request: gr.Request = None):
-        return model_view(access.refusal(request, "switch the model") or hub.load_model(key))
+        return model_view(deny(request, "switch the model") or hub.load_model(key))
 
     def set_controlnet(key, request: gr.Request = None):
-        return model_view(access.refusal(request, "switch the ControlNet") or hub.set_controlnet(key))
+        return model_view(deny(request, "switch the ControlNet") or hub.set_controlnet(key))
 
     def set_lora(key, scale, request: gr.Request = None):
-        return model_view(access.refusal(request, "switch the LoRA") or hub.set_lora(key, scale))
+        return model_view(deny(request, "switch the LoRA") or hub.set_lora(key, scale))
 
     def set_lora_scale(scale, request: gr.Request = None):
-        refused = access.refusal(request, "change the LoRA scale")
+        refused = deny(request, "change the LoRA scale")
         if refused:
             gr.Warning(refused)
         else:
             hub.set_lora_scale(scale)
 
     def rescan(request: gr.Request = None):
-        refused = access.refusal(request, "rescan the model folders")
+        refused = deny(request, "rescan the model folders")
         if refused:
             return model_view(refused)
         hub.rescan()
@@ -717,7 +722,7 @@ def build_demo(hub: ModelHub, jobs: TrainJobs | None = None) -> gr.Blocks:
         model_outputs = [banner, model, controlnet, lora, table]
         if jobs is not None:
             with gr.Tab("Train"):
-                build_train_tab(jobs, model_view, model_outputs)
+                build_train_tab(jobs, model_view, model_outputs, deny)
         prompt.change(generate, t2i_inputs, [gallery, t2i_info], trigger_mode="always_last",
                       show_progress="minimal", api_name="generate", **engine_queue)
         gr.on([style.input, seed.input, randomize.input, num_images.release], generate, t2i_inputs,
@@ -758,7 +763,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
     parser.add_argument("--auth", action="append", metavar="USER:PASS",
                         help="require a login (repeatable); logged-in users may switch the model, ControlNet and "
-                             "LoRA, which otherwise only a request from this machine may")
+                             "LoRA (all of them, or those named by --admin), which otherwise only a request from "
+                             "this machine may")
+    parser.add_argument("--admin", action="append", metavar="USER",
+                        help="an --auth account that may switch the model, ControlNet and LoRA and run training "
+                             "(repeatable; default: every --auth account)")
     parser.add_argument("--ssl-certfile", default=None)
     parser.add_argument("--ssl-keyfile", default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -770,6 +779,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8", "mixed"),
                         help="openvino's precision; auto: mixed where the CPU has bf16, else fp32")
     parser.add_argument("--cache-dir", default=None, help="openvino's converted models (default ~/.cache/sdxs-studio)")
+    parser.add_argument("--compile", default=None, choices=MODES,
+                        help="GPU only: torch.compile the U-Net, ControlNet and decoder at load and warm them up "
+                             "(reduce-overhead adds CUDA graphs); a CPU ignores it, saying so (docs/backends.md)")
     parser.add_argument("--eager", action="store_true",
                         help="run the networks eagerly, without the traced one-step graphs used on a CPU")
     parser.add_argument("--jobs-dir", default="runs/jobs", help="the training job store (shared with python -m trainers.jobs)")
@@ -787,6 +799,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--train-threads must be >= 1")
     try:
         args.auth = access.parse_auth(args.auth)
+        args.admin = access.parse_admins(args.admin, args.auth)
     except ValueError as e:
         parser.error(str(e))
     if args.data_root is not None and not Path(args.data_root).is_dir():
@@ -800,7 +813,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads or serving_threads())
     manager = None if args.no_train else JobManager(args.jobs_dir, threads=args.train_threads)
     hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None, backend=args.backend,
-                   precision=args.precision, cache_dir=args.cache_dir,
+                   precision=args.precision, cache_dir=args.cache_dir, compile=args.compile,
                    extra=manager.artefacts if manager else None)
     notice = hub.start(args.model or hub.default_model(), controlnet=args.controlnet)
     print(notice.replace("**", ""))
@@ -809,7 +822,7 @@ def main(argv=None) -> None:
     if manager is not None:
         manager.start_scheduler()  # marks jobs of a previous run interrupted, then runs the queue
         jobs = TrainJobs(manager, hub, Path(args.data_root) if args.data_root else None)
-    demo = build_demo(hub, jobs)
+    demo = build_demo(hub, jobs, admins=args.admin)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, auth=args.auth,
                 ssl_verify=not args.ssl_certfile,  # an operator's own certificate is usually self-signed

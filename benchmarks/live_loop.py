@@ -26,6 +26,11 @@ model's size and sends it over the app's WebSocket (``sdxs_core.live_socket``). 
 (cropped to the model's size, JPEG, two in flight) from Python: the server path without a browser
 (for a GPU box, or to see what the browser costs). Latency: frame sent -> generated frame received.
 
+``--client direct`` runs the server's per-frame work alone, in this process: each frame (decoded and
+cropped beforehand, as the socket server does in another thread) through ``LiveSession.process``
+one after another. Its FPS is what the server stages allow (the GPU target), and it needs neither
+Gradio nor a web server. Latency: frame handed in -> generated frame out.
+
 ``--client api`` sends JPEG frames one after another to the ``/live_frame`` endpoint (the same
 per-frame function and per-session state) with gradio_client: its latency is client send -> frame
 received per call. Each call joins Gradio's queue and opens an event stream afresh (~150-250 ms on a
@@ -59,6 +64,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.results_io import write_results
+from sdxs_core.gpu import MODES
 from sdxs_core.stream import STAGES, LiveSession
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,6 +75,7 @@ LATENCY_KINDS = {
                "from it decoded in the page (matched by content)",
     "api": "gradio_client call: frame sent -> generated frame received",
     "socket": "WebSocket client: frame sent -> generated frame received (two in flight, as the page)",
+    "direct": "in-process: decoded frame handed to LiveSession.process -> generated frame out (server stages only)",
 }
 
 
@@ -275,6 +282,36 @@ def measure_socket(hub, frames: int = 200, warmup: int = 10, frame_size: int = 5
     )
 
 
+def measure_direct(hub, frames: int = 200, warmup: int = 10, frame_size: int = 512, control_type: str = "canny",
+                   threads: int | None = None) -> dict:
+    """``warmup`` + ``frames`` frames through one ``LiveSession`` in this thread, back to back: the
+    server stages (extract, ControlNet, U-Net, decode) without transport, JPEG or a browser."""
+    from sdxs_core.stream import LiveParams, square_frame
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_frames(Path(tmp), warmup + frames, frame_size)
+        side = hub.engine.default_size
+        rgbs = [square_frame(Image.open(p), side) for p in paths]
+    session, params = LiveSession(static_threshold=0.0), LiveParams(PROMPT, control_type, 0.8, 0)
+    results = []
+    with hub.using() as engine:
+        for i, rgb in enumerate(rgbs):
+            if i == warmup:
+                start = time.perf_counter()
+            results.append(session.process(engine, rgb, params))
+        elapsed = time.perf_counter() - start
+    timed = results[warmup:]
+    latencies = [r.latency_ms for r in timed]
+    return dict(
+        describe(hub, threads or os.cpu_count(), frame_size, control_type, "direct"),
+        seconds=round(elapsed, 2), frames_sent=frames, frames=len(timed), fps=round(len(timed) / elapsed, 2),
+        latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
+        latency_kind=LATENCY_KINDS["direct"], latency_frames=len(latencies),
+        server_latency_ms_p50=percentile(latencies, 50), stages_ms=median_stages([r.stages_ms for r in timed]),
+        generated=sum(not r.reused for r in timed), reused=sum(r.reused for r in timed), superseded=0,
+    )
+
+
 # ---- output ----------------------------------------------------------------------------------------
 def table(report: dict) -> str:
     def ms(v):
@@ -324,21 +361,24 @@ def write_report(report: dict, path: Path) -> None:
     write_results(path, report)
 
 
-OUT_FILES = {"browser": "live_loop.json", "socket": "live_loop_socket.json", "api": "live_loop_api.json"}
+OUT_FILES = {"browser": "live_loop.json", "socket": "live_loop_socket.json", "api": "live_loop_api.json",
+             "direct": "live_loop_direct.json"}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--client", choices=("browser", "socket", "api"), default="browser",
+    parser.add_argument("--client", choices=("browser", "socket", "api", "direct"), default="browser",
                         help="browser: headless Chromium with a fake webcam (what a user sees); socket: the "
-                             "Live tab's WebSocket without a browser; api: gradio_client calls to /live_frame")
+                             "Live tab's WebSocket without a browser; api: gradio_client calls to /live_frame; "
+                             "direct: the server's per-frame work alone, in-process (no Gradio needed)")
     parser.add_argument("--model", default=None, help="preset or folder (default: what the app opens with)")
     parser.add_argument("--controlnet", default=None, help="ControlNet (default: the first local one that fits)")
     parser.add_argument("--seconds", type=float, default=15.0, help="browser: measured seconds")
     parser.add_argument("--warmup-seconds", type=float, default=3.0, help="browser: unmeasured seconds first")
     parser.add_argument("--frames", type=int, default=None,
-                        help="socket / api: timed frames, after --warmup untimed ones (default 200 / 50)")
-    parser.add_argument("--warmup", type=int, default=None, help="socket / api: untimed frames first (default 10 / 3)")
+                        help="socket / direct / api: timed frames, after --warmup untimed ones (default 200 / 50)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="socket / direct / api: untimed frames first (default 10 / 3)")
     parser.add_argument("--frame-size", type=int, default=512, help="side of the square input frames (as a webcam "
                                                                     "asked for 512x512 sends)")
     parser.add_argument("--control-type", default="canny")
@@ -352,9 +392,11 @@ def main(argv=None):
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino"), help="as app.py --backend")
     parser.add_argument("--precision", default="auto", help="as app.py --precision (openvino)")
     parser.add_argument("--cache-dir", default=None, help="openvino's converted models")
+    parser.add_argument("--compile", default=None, choices=MODES,
+                        help="as app.py --compile (GPU only)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default results/live_loop.json (browser), live_loop_socket.json (socket), "
-                             "live_loop_api.json (api)")
+                             "live_loop_api.json (api), live_loop_direct.json (direct)")
     args = parser.parse_args(argv)
     if ((args.frames is not None and args.frames < 2) or (args.warmup or 0) < 0 or args.seconds <= 0
             or args.warmup_seconds < 0 or args.repeats < 1):
@@ -368,7 +410,7 @@ def main(argv=None):
     args.threads = args.threads or serving_threads()
     torch.set_num_threads(args.threads)
     hub = ModelHub(device=args.device, dtype=args.dtype, graphs=False if args.eager else None, backend=args.backend,
-                   precision=args.precision, cache_dir=args.cache_dir)
+                   precision=args.precision, cache_dir=args.cache_dir, compile=args.compile)
     print(hub.start(args.model or hub.default_model(), controlnet=args.controlnet).replace("**", ""))
     if hub.engine is None or hub.engine.controlnet is None:
         parser.error("the live loop needs a model with a ControlNet: pass --controlnet")
@@ -377,9 +419,10 @@ def main(argv=None):
         if args.client == "browser":
             reports.append(measure_browser(hub, args.seconds, args.warmup_seconds, args.frame_size,
                                            args.control_type, threads=args.threads))
-        elif args.client == "socket":
-            reports.append(measure_socket(hub, args.frames or 200, 10 if args.warmup is None else args.warmup,
-                                          args.frame_size, args.control_type, threads=args.threads))
+        elif args.client in ("socket", "direct"):
+            measure = measure_socket if args.client == "socket" else measure_direct
+            reports.append(measure(hub, args.frames or 200, 10 if args.warmup is None else args.warmup,
+                                   args.frame_size, args.control_type, threads=args.threads))
         else:
             reports.append(measure_api(hub, args.frames or 50, 3 if args.warmup is None else args.warmup,
                                        args.frame_size, args.control_type, threads=args.threads))
@@ -388,6 +431,7 @@ def main(argv=None):
     report = combine_runs(reports)
     print("\n" + table(report))
     report["backend"] = hub.engine.backend_label
+    report["compile"] = args.compile
     out = args.out or RESULTS / OUT_FILES[args.client]
     write_report(report, out)
     print(f"wrote {out}")

@@ -1,8 +1,8 @@
 """Soak test of the app as served: many users over a long session, through the API and the live
 WebSocket, watching memory, the cache folder, errors and latency.
 
-    python -m benchmarks.soak --minutes 30          # the issue's target run
-    python -m benchmarks.soak --minutes 1 --switch-s 10 --out /tmp/soak.json   # what CI runs
+    python -m benchmarks.soak --minutes 30          # the issue's target run, on the app's default backend
+    python -m benchmarks.soak --minutes 1 --switch-s 10 --backend torch --out /tmp/soak.json   # about what CI runs
 
 The app is launched in this process as ``app.py`` sets it up (private Gradio cache with its
 janitor, upload limits, live gate), then driven by: ``--clients`` gradio_client threads calling
@@ -63,6 +63,12 @@ def _object_counts() -> dict[str, int]:
 def _growth(before: dict, after: dict, top: int = 15) -> dict[str, int]:
     grown = {k: after[k] - before.get(k, 0) for k in after}
     return dict(sorted(((k, v) for k, v in grown.items() if v > 0), key=lambda kv: -kv[1])[:top])
+
+
+def _backend_label(engine) -> str:
+    if engine.backend is not None:
+        return engine.backend.label
+    return "torch graphs" if engine.graphs is not None else "torch eager"
 
 
 class Soak:
@@ -183,8 +189,11 @@ class Soak:
         return statistics.median(recent) if recent else None
 
     def _traces(self) -> int | None:
-        graphs = self.hub.engine.graphs
-        return graphs.traces if graphs is not None else None
+        """Graphs built so far: torch traces, or OpenVINO networks converted or read from its cache."""
+        engine = self.hub.engine
+        if engine.backend is not None:
+            return len(engine.backend.events)
+        return engine.graphs.traces if engine.graphs is not None else None
 
     # ---- the run ----------------------------------------------------------------------------------
     def idle_reclaim(self, gate) -> float | None:
@@ -236,7 +245,7 @@ class Soak:
         p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else None
         return {
             "minutes": self.args.minutes, "clients": self.args.clients, "switch_s": self.args.switch_s,
-            "model": self.hub.model_key, "controlnets": [k for _, k in self.hub.choices("controlnet")],
+            "model": self.hub.model_key, "backend": _backend_label(self.hub.engine), "controlnets": [k for _, k in self.hub.choices("controlnet")],
             "lora": self.hub.lora_key,
             "rss_mb_after_warmup": round(rss_warm, 1) if rss_warm else None,
             "rss_mb_end": round(rss_end, 1) if rss_end else None,
@@ -271,6 +280,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--search-dir", action="append", type=Path, default=None,
                         help="folders to offer models, ControlNets and LoRAs from (default: outputs/ and assets/)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as app.py)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino"),
+                        help="what runs the U-Net and decoder (default: the app's, auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8", "mixed"),
+                        help="openvino's precision (default: the app's, auto)")
     parser.add_argument("--objects", action="store_true",
                         help="also count live Python objects by type at warm-up and at the end (object_growth)")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
@@ -291,7 +304,7 @@ def main(argv=None) -> dict:
     janitor = limits.CacheJanitor(limits.private_cache_dir()).start()
     import app
 
-    hub = ModelHub(search_dirs=args.search_dir, device="cpu")
+    hub = ModelHub(search_dirs=args.search_dir, device="cpu", backend=args.backend, precision=args.precision)
     print(hub.start(args.model or hub.default_model()).replace("**", ""))
     gate = app.live_gate()
     options = app.launch_options(hub, gate=gate)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 MODES = ("reduce-overhead", "max-autotune", "default")  # reduce-overhead = torch.compile + CUDA graphs
@@ -31,8 +32,9 @@ def cuda_ready(engine) -> str | None:
 
 def accelerate(engine, height: int | None = None, width: int | None = None, batch: int = 1,
                mode: str = "reduce-overhead", channels_last: bool = True, warmup: int = 3) -> str:
-    """Compile the engine's U-Net, ControlNet and decoder in place for one shape and warm them up.
-    Returns a message for the user: what was done and what it cost, or why nothing was done."""
+    """Compile the engine's U-Net, ControlNet and decoder in place for one shape and warm them up
+    (with a ControlNet attached, with and without a control image: two U-Net graphs). Returns a
+    message for the user: what was done and what it cost, or why nothing was done."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
     reason = cuda_ready(engine)
@@ -50,8 +52,11 @@ def accelerate(engine, height: int | None = None, width: int | None = None, batc
                 compiled._sdxs_compiled = True
                 net.forward = compiled
         h, w = height or engine.default_size, width or engine.default_size
+        controls = [None] if engine.controlnet is None else [None, np.zeros((h, w, 3), np.uint8)]
         for i in range(warmup):
-            engine.generate("warm-up", seed=i, num_images=batch, height=h, width=w, output_type="pt")
+            for control in controls:
+                engine.generate("warm-up", seed=i, num_images=batch, height=h, width=w, output_type="pt",
+                                control_image=control)
         torch.cuda.synchronize(engine.device)
     except Exception as e:  # a model the compiler cannot take still runs, eagerly
         for net, forward in zip(networks, originals):

@@ -19,6 +19,7 @@ from .catalogue import (OUTPUTS, STYLES, TINY_NOTE, Entry, control_rank, control
 from .devices import resolve_device, resolve_dtype
 from .errors import ModelUnavailableError, SDXSError, check
 from .fits import FAMILY_SHAPES, BaseShape, lora_fits
+from .gpu import MODES, accelerate
 from .loading import load_controlnet, load_engine
 from .presets import ASSETS, DEFAULT_MODEL, PRESETS
 
@@ -71,7 +72,8 @@ class ModelHub:
 
     def __init__(self, search_dirs: list[Path] | None = None, device: str | None = None, dtype: str | None = None,
                  outputs: Path = OUTPUTS, graphs: bool | None = None, extra: Callable[[], dict[str, Path]] | None = None,
-                 backend: str = "torch", precision: str | None = "auto", cache_dir: str | None = None):
+                 backend: str = "torch", precision: str | None = "auto", cache_dir: str | None = None,
+                 compile: str | None = None):
         self.search_dirs = list(search_dirs) if search_dirs is not None else [OUTPUTS, ASSETS]
         self.extra = extra  # more folders to offer, asked at every rescan (finished training jobs)
         self.outputs = outputs
@@ -79,6 +81,9 @@ class ModelHub:
         self.dtype = resolve_dtype(self.device, dtype)
         self.graphs = graphs  # traced one-step graphs (None: on a CPU), see sdxs_core.graphs
         self.backend, self.precision, self.cache_dir = backend, precision, cache_dir  # see load_engine
+        if compile is not None and compile not in MODES:
+            raise ValueError(f"compile={compile!r}: choose one of {', '.join(MODES)} (or None)")
+        self.compile = compile  # a sdxs_core.gpu mode: compile each engine and ControlNet at load (CUDA only)
         self.engine = None  # OneStepEngine, replaced only under the switch lock
         self.model_key: str | None = None
         self.controlnet_key: str | None = None
@@ -225,6 +230,7 @@ class ModelHub:
             return f"**{entry.key}** is not available offline. {e}" + self._still_using()
         except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: torch load failures
             return f"Could not load **{entry.key}**: {e}" + self._still_using()
+        compiled = self._accelerate(engine)  # before the switch: users keep the old engine meanwhile
         with self._lock.exclusive():
             previous_cn, previous_lora = self.controlnet_key, self.lora_key
             self.engine, self.model_key, self.controlnet_key, self.lora_key = engine, entry.key, None, None
@@ -232,7 +238,7 @@ class ModelHub:
             self.notes.setdefault(entry.key, f"**{entry.key}** is a multi-step teacher ({entry.steps} steps) run in "
                                              "one step here: expect a noise smear.")
         notice = (f"Loaded **{entry.key}** ({self.shape}, {engine.backend_label})."
-                  + (" LoRA removed." if previous_lora else "") + _conversions(engine, 0))
+                  + (" LoRA removed." if previous_lora else "") + _conversions(engine, 0) + compiled)
         fitting = [k for _, k in self.choices("controlnet")]
         entries = (self.lookup("controlnet", k) for k in fitting)
         local = sorted((e for e in entries if local_path(e)), key=control_rank)  # stable: alphabetical within a type
@@ -263,9 +269,17 @@ class ModelHub:
             with self._lock.exclusive():
                 self.engine.set_controlnet(controlnet)
                 self.controlnet_key = entry.key
+                compiled = self._accelerate(self.engine)
         except (SDXSError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: torch load failures
             return f"ControlNet **{entry.key}** not attached: {e}"
-        return f"ControlNet **{entry.key}** attached." + _conversions(self.engine, converted)
+        return f"ControlNet **{entry.key}** attached." + _conversions(self.engine, converted) + compiled
+
+    def _accelerate(self, engine) -> str:
+        """With ``compile`` set, compile ``engine``'s networks for its size and warm them up
+        (``sdxs_core.gpu.accelerate``: on a GPU only; elsewhere it says why not): the notice's tail."""
+        if self.compile is None:
+            return ""
+        return f" {accelerate(engine, mode=self.compile)}."
 
     def _load_controlnet(self, source: str):
         """A ControlNet switched to before is the same object again (unless its folder changed), so

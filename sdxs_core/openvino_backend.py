@@ -157,7 +157,10 @@ class ConversionEvent:
 
 
 class _Network:
-    """One converted network: the IR on disk and its compiled forms by input shapes."""
+    """One converted network: the IR on disk and its compiled forms. Batch 1 (a live frame, one
+    image) is compiled for its exact shapes, the fastest; every larger batch shares one compile whose
+    batch stays dynamic: a compile per batch size held ~30 MB each on the bundled model and cost a
+    compile whenever the Images slider met a new value (docs/backends.md)."""
 
     def __init__(self, model, hint: str, threads: int):
         self.model, self.hint, self.threads = model, hint, threads
@@ -172,16 +175,20 @@ class _Network:
             return self.compiled_for(tuple(a.shape for a in inputs))(inputs).to_tuple()
 
     def compiled_for(self, shapes: tuple):
-        compiled = self.compiled.get(shapes)
+        """The compiled model for inputs of ``shapes``: keyed by the shapes at batch 1, else "batch"."""
+        key = shapes if shapes[0][0] == 1 else "batch"
+        compiled = self.compiled.get(key)
         if compiled is None:
             import openvino as ov
 
-            model = self.model.clone()
-            model.reshape({model.inputs[i]: ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
+            model = self.model
+            if key != "batch":
+                model = model.clone()
+                model.reshape({model.inputs[i]: ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
             compiled = _core().compile_model(model, "CPU", {
                 "INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_NUM_THREADS": self.threads})
-            self.compiled[shapes] = compiled
+            self.compiled[key] = compiled
         return compiled
 
 

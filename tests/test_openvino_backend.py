@@ -240,3 +240,15 @@ def test_app_hub_shows_backend_and_lora_conversion_time(tiny_dir, tiny_lora_file
     assert re.search(r"OpenVINO: unet converted in \d+\.\d s", notice), notice
     failed = hub.set_lora("no-such-lora")
     assert hub.lora_key == lora and "no-such-lora" in failed  # a failed switch keeps the LoRA
+
+
+def test_batches_share_one_dynamic_compile(ov_fp32, torch_engine):
+    """Batch 1 has its own static compile; batches 2, 3 and 5 share one, and each row is the image the
+    torch engine makes for that seed."""
+    for n in (2, 3, 5):
+        got = ov_fp32.generate(PROMPT, seed=4, num_images=n, output_type="np").images
+        ref = torch_engine.generate(PROMPT, seed=4, num_images=n, output_type="np").images
+        assert got.shape[0] == n and np.abs(got - ref).max() < TOLERANCE["fp32"]
+    nets = {kind: net for (kind, _), net in ov_fp32.backend._networks.items()}
+    assert sum(k == "batch" for k in nets["unet"].compiled) == 1 and len(nets["unet"].compiled) == 2
+    assert list(nets["decoder"].compiled).count("batch") == 1 and len(nets["decoder"].compiled) == 2

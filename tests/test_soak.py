@@ -18,7 +18,7 @@ def test_soak_one_minute(tmp_path):
     write_tiny_controlnet(model, outputs / "second-controlnet", seed=9)  # something to switch to
     out = tmp_path / "soak.json"
     soak.main(["--minutes", "1", "--clients", "4", "--switch-s", "8", "--model", str(model),
-               "--search-dir", str(outputs), "--out", str(out)])
+               "--search-dir", str(outputs), "--backend", "torch", "--out", str(out)])
     report = read_results(out)
     assert all(report[f] is not None for f in FIELDS), report
     assert report["errors"] == 0, report["error_samples"]
@@ -27,4 +27,4 @@ def test_soak_one_minute(tmp_path):
     # bounded: the janitor deleted files as the load made them (its exact bounds: tests/test_limits.py)
     assert report["janitor_deleted"] > 0 and report["temp_files_end"] < report["images_made"]
     assert report["idle_slot_reclaimed_s"] is not None  # the third client got a slot
-    assert report["meta"]["command"]
+    assert report["meta"]["command"] and report["backend"] == "torch graphs"

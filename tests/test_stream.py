@@ -210,3 +210,14 @@ def test_a_flat_frame_carries_the_engines_warning(control_engine, tmp_path):
     assert "⚠️" in live_readout(result, session.stats(), PARAMS) and "flat colour" in live_readout(
         session.process(black, square_at(10), PARAMS), session.stats(), PARAMS)
     assert session.process(control_engine, square_at(12), PARAMS).warnings == []
+
+
+def test_the_direct_live_benchmark_times_the_server_stages(tiny_hub):
+    """``benchmarks.live_loop --client direct`` (the GPU server-stage figure): every frame generated,
+    the documented fields filled, no web server involved."""
+    from benchmarks import live_loop
+
+    report = live_loop.measure_direct(tiny_hub, frames=6, warmup=1, frame_size=96)
+    assert report["client"] == "direct" and report["frames"] == report["generated"] == 6 and report["reused"] == 0
+    assert report["fps"] > 0 and report["latency_ms_p95"] >= report["latency_ms_p50"] > 0
+    assert set(report["stages_ms"]) == set(live_loop.STAGES) and report["stages_ms"]["unet_ms"] > 0
