@@ -316,6 +316,8 @@ class OneStepEngine:
         cond = self.control_processor.preprocess(pil, height=height, width=width).to(dtype=torch.float32)
         if cond.shape[0] == 1:
             cond = cond.repeat_interleave(batch, dim=0)
+        if self.device.type == "cuda":  # from page-locked memory the copy need not stall the host
+            return cond.pin_memory().to(self.device, self.dtype, non_blocking=True)
         return cond.to(self.device, self.dtype)
 
     def _denoise(self, x, t, embeds, control, control_scale, timings, graphs=None, backend=None):

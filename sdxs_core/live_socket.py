@@ -235,9 +235,11 @@ class LiveConnection:
             self.receive(message)
 
     async def _heartbeat(self) -> None:
-        """Ping while quiet; close an idle stream (no frame for ``idle_s`` and none generating)."""
+        """Ping while quiet; close an idle stream (no frame for ``idle_s`` and none generating) when
+        its idle time runs out, not at the next ping after it: a waiting user gets in after ``idle_s``."""
         while True:
-            await asyncio.sleep(self.gate.heartbeat_s)
+            left = self.gate.idle_s - (time.monotonic() - self.last_active)
+            await asyncio.sleep(max(0.01, min(self.gate.heartbeat_s, left)))
             if self.pending:
                 self.last_active = time.monotonic()
                 continue

@@ -204,6 +204,21 @@ def test_idle_streams_lose_their_slot_and_a_waiting_client_gets_in(hub):
             assert json.loads(third.receive_text())["type"] == "hello"
 
 
+def test_an_idle_stream_is_closed_when_its_idle_time_runs_out_not_at_the_next_ping(hub):
+    """With pings a minute apart, a silent stream is still closed after ``idle_s``: the slot's
+    release does not wait for the heartbeat (before, it could come up to a heartbeat late)."""
+    import time
+
+    client = client_for(hub, LiveGate(slots=1, idle_s=0.5, heartbeat_s=60.0))
+    start = time.monotonic()
+    with client.websocket_connect(LIVE_PATH) as ws:
+        ws.receive_text()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == live_socket.CLOSE_IDLE
+    assert time.monotonic() - start < 30  # the first ping would have come at 60 s
+
+
 def test_gate_turns():
     gate = LiveGate(slots=2, turn_s=100, waiting_window_s=10)
     a, b = gate.enter(now=0), gate.enter(now=50)
