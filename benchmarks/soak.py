@@ -245,7 +245,8 @@ class Soak:
         p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else None
         return {
             "minutes": self.args.minutes, "clients": self.args.clients, "switch_s": self.args.switch_s,
-            "model": self.hub.model_key, "backend": _backend_label(self.hub.engine), "controlnets": [k for _, k in self.hub.choices("controlnet")],
+            "model": self.hub.model_key, "backend": _backend_label(self.hub.engine),
+            "controlnets": [k for _, k in self.hub.choices("controlnet")],
             "lora": self.hub.lora_key,
             "rss_mb_after_warmup": round(rss_warm, 1) if rss_warm else None,
             "rss_mb_end": round(rss_end, 1) if rss_end else None,
