@@ -25,7 +25,7 @@ from sdxs_core.control import EXTRACTORS, sketch_to_control
 from sdxs_core.devices import serving_threads
 from sdxs_core.errors import RANGES, InvalidInputError, Range, SDXSError
 from sdxs_core.gpu import MODES
-from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats, control_mismatch
+from sdxs_core.stream import STAGES, FrameResult, LiveParams, LiveSession, LiveStats, frame_notices
 from sdxs_core.hub import ModelHub, TextRequest, text_to_image
 from trainers.jobs.inputs import data_folders, resolve_data_folder, save_image_uploads, save_lora_upload
 from trainers.jobs.manager import JobManager, JobView
@@ -191,7 +191,7 @@ def live_readout(result: FrameResult, stats: LiveStats, params: LiveParams, trai
     text = (f"**{stats.fps:.1f} fps** · latency {result.latency_ms:.0f} ms (avg {stats.latency_ms:.0f}) · "
             f"control **{params.control_type}** · {source}\n\n"
             f"{stats.generated} generated · {stats.reused} static reused · {stats.superseded} superseded")
-    notices = [n for n in (control_mismatch(trained_on, params.control_type), *result.warnings) if n]
+    notices = frame_notices(result, trained_on, params.control_type)
     return text + "".join(f"\n\n⚠️ {n}" for n in notices)
 
 

@@ -53,7 +53,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import SDXSError, check
-from .stream import STATIC_THRESHOLD, LiveParams, LiveSession, control_mismatch
+from .stream import STATIC_THRESHOLD, LiveParams, LiveSession, frame_notices
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +316,7 @@ class LiveConnection:
                   "reused": result.reused, "latency_ms": round(result.latency_ms, 2),
                   "stages_ms": {k: round(v, 2) for k, v in result.stages_ms.items()},
                   "stats": asdict(self.session.stats()), "control_type": params.control_type,
-                  "notice": " ".join(filter(None, [control_mismatch(self.hub.controlnet_control, params.control_type),
-                                                   *result.warnings]))}
+                  "notice": " ".join(frame_notices(result, self.hub.controlnet_control, params.control_type))}
         return pack(header, image, control)
 
 

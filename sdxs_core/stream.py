@@ -104,6 +104,12 @@ def control_mismatch(trained_on: str, control_type: str) -> str:
             f"attach a {control_type} ControlNet in the Models tab.")
 
 
+def frame_notices(result: "FrameResult", trained_on: str, control_type: str) -> list[str]:
+    """What to tell the user beside a live frame: a control map the ControlNet was not trained on,
+    then the engine's warnings (a frame of one flat colour)."""
+    return [n for n in (control_mismatch(trained_on, control_type), *result.warnings) if n]
+
+
 def square_frame(image: ImageLike, side: int) -> np.ndarray:
     """Centre-crop to a square and resize to ``side``: the model works at its native square size,
     whatever aspect ratio the camera delivers."""
