@@ -20,9 +20,12 @@ Precisions (``PRECISIONS``):
 - ``int8``: U-Net (but for ``INT8_FLOAT_LAYERS``) and decoder quantised by NNCF (weights and
   activations, int8), calibrated on ``CALIBRATION_SIZE`` U-Net inputs built from the model's own
   prompts (the caller passes them; ``DEFAULT_CALIBRATION_PROMPTS`` otherwise) and seeds, and on the
-  latents the fp32 U-Net makes from them for the decoder. Operations left in float run in bf16 where
-  the CPU has it, else fp32;
-- ``mixed``: int8 where it is safe (the decoder), bf16 (or fp32 without bf16) for the U-Net.
+  latents the fp32 U-Net makes from them for the decoder; the U-Net that takes ControlNet residuals,
+  on residuals of control maps made from the fp32 model's own images. Operations left in float run
+  in bf16 where the CPU has it, else fp32;
+- ``mixed``: int8 where it is safe: the decoder and the U-Net's resnets and down / up samplers; its
+  attention blocks and the layers of ``INT8_FLOAT_LAYERS`` (``MIXED_FLOAT_LAYERS``) in bf16 (or fp32
+  without bf16).
 
 A LoRA is fused into the U-Net's weights before conversion: a change of LoRA or of its scale converts
 the U-Net again (or finds it in the cache), and ``events`` says how long that took.
@@ -60,6 +63,13 @@ DEFAULT_CALIBRATION_PROMPTS = (
 # prompt accuracy; they are a sliver of the U-Net's arithmetic (docs/backends.md).
 INT8_FLOAT_LAYERS = (r".*unet\.conv_in/.*", r".*unet\.conv_out/.*", r".*unet\.time_embedding\..*",
                      r".*\.time_emb_proj/.*")
+# ``mixed`` also keeps every attention block (projections, attention, feed-forward) in float: int8
+# there and at the ends is what costs the prompt; the resnets' convolutions, most of the arithmetic
+# at 512x512, take int8 without it (docs/backends.md).
+MIXED_FLOAT_LAYERS = INT8_FLOAT_LAYERS + (r".*\.attentions\..*",)
+# control images the U-Net with ControlNet residual inputs is calibrated with, in turn (see
+# ``OpenVINOBackend._calibration_control_maps``)
+CONTROL_CALIBRATION_MAPS = ("canny", "sketch", "grey", "blank")
 # converted graphs ("kinds") -> the engine network whose weights they hold, and back
 _WHICH = {"unet": "unet", "unet+control": "unet", "decoder": "decoder", "controlnet": "controlnet"}
 _KINDS = {w: tuple(k for k, v in _WHICH.items() if v == w) for w in set(_WHICH.values())}
@@ -92,9 +102,10 @@ def cpu_supports_bf16() -> bool:
 
 
 def default_precision() -> str:
-    """``mixed`` (bf16 U-Net and ControlNet, int8 decoder) where the CPU has bf16: the fastest path
-    whose quality drop on the miniature default stays within the 1-point bound (docs/backends.md),
-    at the cost of one decoder calibration per model and LoRA; fp32 elsewhere."""
+    """``mixed`` (int8 U-Net resnets and decoder, bf16 attention and ControlNet) where the CPU has bf16:
+    the fastest path whose quality drop on the miniature default stays within the 1-point bound with
+    and without a ControlNet (docs/backends.md), at the cost of one int8 calibration per model and
+    LoRA (then cached); fp32 elsewhere."""
     return "mixed" if cpu_supports_bf16() else "fp32"
 
 
@@ -218,18 +229,21 @@ class OpenVINOBackend:
         self._lock = threading.RLock()
 
     @property
+    def float_layers(self) -> tuple[str, ...]:
+        """The U-Net's layers an int8 U-Net keeps in float (NNCF ignored-scope patterns)."""
+        return MIXED_FLOAT_LAYERS if self.precision == "mixed" else INT8_FLOAT_LAYERS
+
+    @property
     def label(self) -> str:
         return f"openvino {self.precision}"
 
     def _stored(self, network: str) -> str:
         """The precision of the stored model: "int8" (quantised) or "fp32" (run at ``float_hint``). The
         ControlNet stays float: calibrating it would need control images of every kind a user may send."""
-        quantised = network != "controlnet" and (
-            self.precision == "int8" or (self.precision == "mixed" and network == "decoder"))
-        return "int8" if quantised else "fp32"
+        return "int8" if network != "controlnet" and self.precision in ("int8", "mixed") else "fp32"
 
     def networks_changed(self, which: tuple[str, ...] = ("unet", "decoder")) -> None:
-        """The engine changed networks (by default a LoRA or its scale: the U-Net, and the int8 decoder
+        """The engine changed networks (by default a LoRA or its scale: the U-Net, and an int8 decoder
         calibrated on its latents; ``("controlnet",)`` for a ControlNet switch): the next call converts
         them again (or reads the cache)."""
         with self._lock:
@@ -324,8 +338,9 @@ class OpenVINOBackend:
                  "shapes": shapes, "openvino": ov.get_version()}
         if stored == "int8":
             parts["calibration"] = [self.calibration_prompts, self.calibration_size]
-            if kind != "decoder":
-                parts["float_layers"] = INT8_FLOAT_LAYERS
+            parts["float_layers"] = self.float_layers if kind != "decoder" else "ends by channels"
+            if kind == "unet+control":
+                parts["control_maps"] = CONTROL_CALIBRATION_MAPS
             if kind == "decoder":  # calibrated on the U-Net's latents: they depend on its weights too
                 parts["unet"] = self._hash(engine, "unet")
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -408,14 +423,17 @@ class OpenVINOBackend:
         elif kind == "unet":
             data = [[_np(a) for a in item] for item in inputs]
         else:
-            data = [[_np(a) for a in item] + [_np(r) for r in self._control_residuals(engine, item)]
-                    for item in inputs]
-        unet = {} if kind == "decoder" else dict(
-            model_type=nncf.ModelType.TRANSFORMER,
-            ignored_scope=nncf.IgnoredScope(patterns=list(INT8_FLOAT_LAYERS), validate=False))
+            maps = self._calibration_control_maps(engine, inputs)
+            data = [[_np(a) for a in item] + [_np(r) for r in self._control_residuals(engine, item, cond)]
+                    for item, cond in zip(inputs, maps)]
+        if kind == "decoder":
+            options = dict(ignored_scope=nncf.IgnoredScope(names=_end_convolutions(model), validate=False))
+        else:
+            options = dict(model_type=nncf.ModelType.TRANSFORMER,
+                           ignored_scope=nncf.IgnoredScope(patterns=list(self.float_layers), validate=False))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **unet)
+            return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **options)
 
     @staticmethod
     @torch.inference_mode()
@@ -430,15 +448,52 @@ class OpenVINOBackend:
             out.append((a * x + b * pred) / engine.vae.config.scaling_factor)
         return out
 
+    @classmethod
+    @torch.inference_mode()
+    def _calibration_control_maps(cls, engine, inputs) -> list[torch.Tensor]:
+        """One control image per calibration input, ``[1, 3, H, W]`` in [0, 1], cycling through
+        ``CONTROL_CALIBRATION_MAPS`` made from the image the fp32 model draws for that input (contrast stretched).
+
+        Why: the U-Net's int8 ranges after the residual additions must cover the residuals real maps
+        give; a blank map alone gives the smallest ones and cost 3.4 points of prompt accuracy. The
+        ControlNet's kind is not known here, so line maps (edges, sketch) and a smooth grey map (the
+        nearest stand-in for depth) are mixed with the blank map of an empty sketch pad."""
+        from .control import canny, sketch
+
+        makers = {"blank": np.zeros_like, "canny": canny, "sketch": sketch,
+                  "grey": lambda rgb: np.repeat(rgb.mean(-1, keepdims=True).astype(np.uint8), 3, axis=-1)}
+        maps = []
+        for i, latents in enumerate(cls._calibration_latents(engine, inputs)):
+            image = engine.vae.decode(latents.to(next(engine.vae.parameters()).dtype), return_dict=False)[0]
+            image = image[0].float().permute(1, 2, 0).numpy()
+            lo, hi = image.min(), image.max()  # stretched, so that a dim image still has edges to find
+            rgb = np.round((image - lo) * (255 / max(hi - lo, 1e-6))).astype(np.uint8)
+            control = makers[CONTROL_CALIBRATION_MAPS[i % len(CONTROL_CALIBRATION_MAPS)]](rgb)
+            maps.append(torch.from_numpy(np.ascontiguousarray(control)).permute(2, 0, 1)[None].float() / 255)
+        return maps
+
     @staticmethod
     @torch.inference_mode()
-    def _control_residuals(engine, item):
-        """ControlNet residuals for calibration, from a blank control image (the engine's ControlNet)."""
+    def _control_residuals(engine, item, cond):
+        """The engine's ControlNet residuals ``(mid, *down)`` for one calibration input and control image."""
         x, t, embeds = item
-        cond = torch.zeros(1, 3, x.shape[2] * engine.vae_scale_factor, x.shape[3] * engine.vae_scale_factor)
-        down, mid = engine.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=cond,
+        down, mid = engine.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=cond.to(x.dtype),
                                       conditioning_scale=1.0, return_dict=False)
         return (mid, *down)
+
+
+def _end_convolutions(model) -> list[str]:
+    """The decoder's convolutions that read the latents or write the RGB image, which int8 leaves in
+    float: found by their channels (names change as OpenVINO fuses the output scaling into the last).
+    Like the U-Net's ends, they carry most of what int8 costs in quality at a sliver of the arithmetic."""
+    latent_channels = model.inputs[0].get_partial_shape()[1].get_length()
+    ends = []
+    for op in model.get_ops():
+        if op.get_type_name() == "Convolution":
+            out_channels, in_channels = (op.get_input_partial_shape(1)[i].get_length() for i in (0, 1))
+            if in_channels == latent_channels or out_channels == 3:
+                ends.append(op.get_friendly_name())
+    return ends
 
 
 def _example(engine, height: int, width: int) -> tuple:

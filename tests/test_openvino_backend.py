@@ -151,27 +151,62 @@ def test_low_precision_within_tolerance(precision, tiny_dir, tiny_controlnet_dir
     assert 0 < err < TOLERANCE[precision]  # lower precision: close, and not secretly fp32
     if precision != "bf16":
         stored = {e.network: e.precision for e in engine.backend.events}
-        assert stored["decoder"] == "int8" and (stored["unet"] == "int8") == (precision == "int8")
-    if precision == "mixed":  # a LoRA re-calibrates the int8 decoder on the new U-Net's latents
+        assert stored["decoder"] == stored["unet"] == "int8"
+    if precision == "mixed":  # a LoRA re-calibrates the int8 U-Net, and the decoder on its latents
         engine.load_lora(tiny_lora_file, scale=0.5)
         assert not engine.backend.events[-1].cached and engine.backend.events[-1].network == "decoder"
 
 
-def _quantised_convolutions(engine) -> dict[str, bool]:
-    """Each U-Net convolution of the stored OpenVINO model: whether its activation input is int8 (a FakeQuantize)."""
+def test_int8_with_controlnet_calibrates_on_real_control_maps(tiny_dir, tiny_controlnet_dir, torch_engine, cache,
+                                                             monkeypatch):
+    """The U-Net that takes ControlNet residuals is calibrated on residuals of line, grey and blank maps
+    made from the model's own images (a blank map alone under-ranges them), and stays within tolerance."""
+    seen = []
+    residuals = ov_backend.OpenVINOBackend._control_residuals
+    monkeypatch.setattr(ov_backend.OpenVINOBackend, "_control_residuals",
+                        staticmethod(lambda engine, item, cond: seen.append(cond) or residuals(engine, item, cond)))
+    engine = load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu", backend="openvino",
+                         precision="int8", cache_dir=cache)
+    n = ov_backend.CALIBRATION_SIZE
+    assert len(seen) == n and all(c.shape == (1, 3, 64, 64) and 0 <= c.min() <= c.max() <= 1 for c in seen)
+    kinds = ov_backend.CONTROL_CALIBRATION_MAPS
+    lines = [c for c, k in zip(seen, kinds * n) if k in ("canny", "sketch")]
+    assert all(set(c.unique().tolist()) <= {0.0, 1.0} and c.max() == 1 for c in lines)  # white lines on black
+    assert all(c.max() == 0 for c, k in zip(seen, kinds * n) if k == "blank")
+    assert len({round(c.mean().item(), 4) for c in seen}) >= 5  # maps of different images, not one map
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[16:48, 16:48] = 255
+    got, ref = images(engine, control_image=square), images(torch_engine, control_image=square)
+    assert 0 < np.abs(got - ref).max() < TOLERANCE["int8"]
+    assert {e.network: e.precision for e in engine.backend.events}["unet+control"] == "int8"
+
+
+def _quantised(engine, op_type: str = "Convolution") -> dict[str, bool]:
+    """Each U-Net op of that type in the stored OpenVINO model: whether an input is int8 (a FakeQuantize)."""
     (model,) = [net.model for (kind, _), net in engine.backend._networks.items() if kind == "unet"]
     return {op.get_friendly_name(): any(i.get_source_output().get_node().get_type_name() == "FakeQuantize"
                                         for i in op.inputs())
-            for op in model.get_ops() if op.get_type_name() == "Convolution"}
+            for op in model.get_ops() if op.get_type_name() == op_type}
 
 
 def test_int8_keeps_the_unets_first_and_last_layers_in_float(tiny_dir, cache):
     engine = load_engine(tiny_dir, device="cpu", backend="openvino", precision="int8", cache_dir=cache)
     engine.generate(PROMPT, seed=0, output_type="np")
-    convs = _quantised_convolutions(engine)
+    convs = _quantised(engine)
     ends = {n: q for n, q in convs.items() if ".conv_in/" in n or ".conv_out/" in n}
     assert len(ends) == 2 and not any(ends.values())
     assert sum(convs.values()) >= len(convs) // 2  # the rest of the U-Net is int8
+
+
+def test_mixed_keeps_attention_in_float_and_the_resnets_int8(tiny_dir, cache):
+    engine = load_engine(tiny_dir, device="cpu", backend="openvino", precision="mixed", cache_dir=cache)
+    engine.generate(PROMPT, seed=0, output_type="np")
+    ops = {**_quantised(engine), **_quantised(engine, "MatMul")}
+    attention = {n: q for n, q in ops.items() if ".attentions." in n}
+    resnets = {n: q for n, q in ops.items() if ".resnets." in n and "time_emb_proj" not in n}
+    assert len(attention) >= 4 and not any(attention.values())
+    assert len(resnets) >= 4 and all(resnets.values())
+    assert not any(q for n, q in ops.items() if ".conv_in/" in n or ".conv_out/" in n)
 
 
 def test_bf16_refused_without_cpu_support(monkeypatch):
