@@ -21,8 +21,9 @@ Precisions (``PRECISIONS``):
   activations, int8), calibrated on ``CALIBRATION_SIZE`` U-Net inputs built from the model's own
   prompts (the caller passes them; ``DEFAULT_CALIBRATION_PROMPTS`` otherwise) and seeds, and on the
   latents the fp32 U-Net makes from them for the decoder; the U-Net that takes ControlNet residuals,
-  on residuals of control maps made from the fp32 model's own images. Operations left in float run
-  in bf16 where the CPU has it, else fp32;
+  on residuals of control maps made from the fp32 model's own images. The decoder's convolutions
+  that read the latents or write the image stay in float (``_end_convolutions``), as the U-Net's
+  ends do; operations left in float run in bf16 where the CPU has it, else fp32;
 - ``mixed``: int8 where it is safe: the decoder and the U-Net's resnets and down / up samplers; its
   attention blocks and the layers of ``INT8_FLOAT_LAYERS`` (``MIXED_FLOAT_LAYERS``) in bf16 (or fp32
   without bf16).
@@ -452,7 +453,7 @@ class OpenVINOBackend:
     @torch.inference_mode()
     def _calibration_control_maps(cls, engine, inputs) -> list[torch.Tensor]:
         """One control image per calibration input, ``[1, 3, H, W]`` in [0, 1], cycling through
-        ``CONTROL_CALIBRATION_MAPS`` made from the image the fp32 model draws for that input (contrast stretched).
+        ``CONTROL_CALIBRATION_MAPS`` made from the image the fp32 model draws for that input.
 
         Why: the U-Net's int8 ranges after the residual additions must cover the residuals real maps
         give; a blank map alone gives the smallest ones and cost 3.4 points of prompt accuracy. The

@@ -181,27 +181,31 @@ def test_int8_with_controlnet_calibrates_on_real_control_maps(tiny_dir, tiny_con
     assert {e.network: e.precision for e in engine.backend.events}["unet+control"] == "int8"
 
 
-def _quantised(engine, op_type: str = "Convolution") -> dict[str, bool]:
-    """Each U-Net op of that type in the stored OpenVINO model: whether an input is int8 (a FakeQuantize)."""
-    (model,) = [net.model for (kind, _), net in engine.backend._networks.items() if kind == "unet"]
-    return {op.get_friendly_name(): any(i.get_source_output().get_node().get_type_name() == "FakeQuantize"
-                                        for i in op.inputs())
+def _quantised(engine, op_type: str = "Convolution", network: str = "unet") -> dict[str, bool]:
+    """Each op of that type in a stored OpenVINO network: whether an input is int8 (a FakeQuantize)."""
+    (model,) = [net.model for (kind, _), net in engine.backend._networks.items() if kind == network]
+    return {op: any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())
             for op in model.get_ops() if op.get_type_name() == op_type}
 
 
-def test_int8_keeps_the_unets_first_and_last_layers_in_float(tiny_dir, cache):
+def test_int8_keeps_the_networks_first_and_last_layers_in_float(tiny_dir, cache):
     engine = load_engine(tiny_dir, device="cpu", backend="openvino", precision="int8", cache_dir=cache)
     engine.generate(PROMPT, seed=0, output_type="np")
-    convs = _quantised(engine)
+    convs = {op.get_friendly_name(): q for op, q in _quantised(engine).items()}
     ends = {n: q for n, q in convs.items() if ".conv_in/" in n or ".conv_out/" in n}
     assert len(ends) == 2 and not any(ends.values())
     assert sum(convs.values()) >= len(convs) // 2  # the rest of the U-Net is int8
+    decoder = [(tuple(op.get_input_partial_shape(1).to_shape())[:2], q)
+               for op, q in _quantised(engine, network="decoder").items()]
+    ends = [q for (out_channels, in_channels), q in decoder if in_channels == 4 or out_channels == 3]
+    assert len(ends) == 2 and not any(ends)  # the decoder's first (4 latent channels in) and last (RGB out)
+    assert sum(q for _, q in decoder) == len(decoder) - 2 > 0
 
 
 def test_mixed_keeps_attention_in_float_and_the_resnets_int8(tiny_dir, cache):
     engine = load_engine(tiny_dir, device="cpu", backend="openvino", precision="mixed", cache_dir=cache)
     engine.generate(PROMPT, seed=0, output_type="np")
-    ops = {**_quantised(engine), **_quantised(engine, "MatMul")}
+    ops = {op.get_friendly_name(): q for t in ("Convolution", "MatMul") for op, q in _quantised(engine, t).items()}
     attention = {n: q for n, q in ops.items() if ".attentions." in n}
     resnets = {n: q for n, q in ops.items() if ".resnets." in n and "time_emb_proj" not in n}
     assert len(attention) >= 4 and not any(attention.values())
