@@ -227,6 +227,7 @@ class OpenVINOBackend:
         self.events: list[ConversionEvent] = []
         self._networks: dict[tuple, _Network] = {}
         self._hashes: dict[str, str] = {}  # "unet" / "decoder" -> weights_hash, until a network changes
+        self._latents: dict[tuple, list[torch.Tensor]] = {}  # calibration latents, until a network changes
         self._lock = threading.RLock()
 
     @property
@@ -245,10 +246,14 @@ class OpenVINOBackend:
 
     def networks_changed(self, which: tuple[str, ...] = ("unet", "decoder")) -> None:
         """The engine changed networks (by default a LoRA or its scale: the U-Net, and an int8 decoder
-        calibrated on its latents; ``("controlnet",)`` for a ControlNet switch): the next call converts
+        calibrated on its latents; ``("controlnet",)`` for a ControlNet switch, and then an int8 U-Net
+        with residual inputs too, calibrated on the old ControlNet's residuals): the next call converts
         them again (or reads the cache)."""
         with self._lock:
             kinds = {k for w in which for k in _KINDS[w]}
+            if "controlnet" in which and self._stored("unet") == "int8":
+                kinds.add("unet+control")
+            self._latents.clear()
             for key in [k for k in self._networks if k[0] in kinds]:
                 del self._networks[key]
             for w in which:
@@ -340,8 +345,9 @@ class OpenVINOBackend:
         if stored == "int8":
             parts["calibration"] = [self.calibration_prompts, self.calibration_size]
             parts["float_layers"] = self.float_layers if kind != "decoder" else "ends by channels"
-            if kind == "unet+control":
+            if kind == "unet+control":  # calibrated on this ControlNet's residuals
                 parts["control_maps"] = CONTROL_CALIBRATION_MAPS
+                parts["controlnet"] = self._hash(engine, "controlnet")
             if kind == "decoder":  # calibrated on the U-Net's latents: they depend on its weights too
                 parts["unet"] = self._hash(engine, "unet")
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -412,7 +418,11 @@ class OpenVINOBackend:
         return [(noise[i:i + 1] * init_sigma * c_in, t, embeds[i:i + 1]) for i in range(self.calibration_size)]
 
     def _quantise(self, engine, kind: str, model):
+        import logging
+
         import nncf
+
+        nncf.set_log_level(logging.WARNING)  # its INFO notes list every layer left in float: hundreds of lines
 
         if engine._one_step is None:
             raise ValueError("int8 calibration needs the one-step scheduler path; use precision 'fp32' or 'bf16'")
@@ -436,22 +446,25 @@ class OpenVINOBackend:
             warnings.simplefilter("ignore")
             return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **options)
 
-    @staticmethod
     @torch.inference_mode()
-    def _calibration_latents(engine, inputs):
-        """What the decoder sees: the fp32 torch U-Net's one-step latents, scaled as ``engine.decode`` does."""
-        _, init_sigma, c_in, a, b = engine._one_step
-        unet = fused_unet(engine.unet, engine.loras)
-        out = []
-        for x_in, t, embeds in inputs:
-            x = x_in / c_in
-            pred = unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            out.append((a * x + b * pred) / engine.vae.config.scaling_factor)
-        return out
+    def _calibration_latents(self, engine, inputs):
+        """What the decoder sees: the fp32 torch U-Net's one-step latents, scaled as ``engine.decode`` does.
+        Kept until a network changes: the decoder's calibration and the control maps both need them, and
+        at SDXS-512 they cost a minute."""
+        key = (self._hash(engine, "unet"), tuple(inputs[0][0].shape), len(inputs))
+        if key not in self._latents:
+            _, init_sigma, c_in, a, b = engine._one_step
+            unet = fused_unet(engine.unet, engine.loras)
+            out = []
+            for x_in, t, embeds in inputs:
+                x = x_in / c_in
+                pred = unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                out.append((a * x + b * pred) / engine.vae.config.scaling_factor)
+            self._latents = {key: out}
+        return self._latents[key]
 
-    @classmethod
     @torch.inference_mode()
-    def _calibration_control_maps(cls, engine, inputs) -> list[torch.Tensor]:
+    def _calibration_control_maps(self, engine, inputs) -> list[torch.Tensor]:
         """One control image per calibration input, ``[1, 3, H, W]`` in [0, 1], cycling through
         ``CONTROL_CALIBRATION_MAPS`` made from the image the fp32 model draws for that input.
 
@@ -464,7 +477,7 @@ class OpenVINOBackend:
         makers = {"blank": np.zeros_like, "canny": canny, "sketch": sketch,
                   "grey": lambda rgb: np.repeat(rgb.mean(-1, keepdims=True).astype(np.uint8), 3, axis=-1)}
         maps = []
-        for i, latents in enumerate(cls._calibration_latents(engine, inputs)):
+        for i, latents in enumerate(self._calibration_latents(engine, inputs)):
             image = engine.vae.decode(latents.to(next(engine.vae.parameters()).dtype), return_dict=False)[0]
             image = image[0].float().permute(1, 2, 0).numpy()
             lo, hi = image.min(), image.max()  # stretched, so that a dim image still has edges to find

@@ -3,6 +3,7 @@ bf16 / int8 / mixed within the tolerances in docs/backends.md), ControlNet and L
 cache (hit, damaged entry rebuilt), and the clean refusals."""
 
 import json
+import logging
 import re
 import shutil
 
@@ -181,6 +182,31 @@ def test_int8_with_controlnet_calibrates_on_real_control_maps(tiny_dir, tiny_con
     assert {e.network: e.precision for e in engine.backend.events}["unet+control"] == "int8"
 
 
+def test_int8_unet_with_residuals_follows_a_controlnet_switch(tiny_dir, tiny_controlnet_dir, tmp_path, cache):
+    """Calibrated on the attached ControlNet's residuals, so another ControlNet calibrates it again (never
+    the old one's ranges from memory or the cache), and the first one back reads it from the cache."""
+    from sdxs_core.loading import load_controlnet
+    from sdxs_core.testkit import write_tiny_controlnet
+
+    other = write_tiny_controlnet(tiny_dir, tmp_path / "other", seed=11)
+    with torch.no_grad():
+        other_cn = load_controlnet(other, torch.device("cpu"), torch.float32)
+        for p in other_cn.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    engine = load_engine(tiny_dir, controlnet=tiny_controlnet_dir, device="cpu", backend="openvino",
+                         precision="mixed", cache_dir=cache)
+    first_cn = engine.controlnet
+    events = len(engine.backend.events)
+    engine.set_controlnet(other_cn)
+    switched = engine.backend.events[events:]
+    assert [(e.network, e.precision, e.cached) for e in switched] == [
+        ("controlnet", "bf16" if BF16 else "fp32", False), ("unet+control", "int8", False)]
+    events = len(engine.backend.events)
+    engine.set_controlnet(first_cn)
+    assert [(e.network, e.cached) for e in engine.backend.events[events:]] == [("controlnet", True),
+                                                                               ("unet+control", True)]
+
+
 def _quantised(engine, op_type: str = "Convolution", network: str = "unet") -> dict[str, bool]:
     """Each op of that type in a stored OpenVINO network: whether an input is int8 (a FakeQuantize)."""
     (model,) = [net.model for (kind, _), net in engine.backend._networks.items() if kind == network]
@@ -188,8 +214,10 @@ def _quantised(engine, op_type: str = "Convolution", network: str = "unet") -> d
             for op in model.get_ops() if op.get_type_name() == op_type}
 
 
-def test_int8_keeps_the_networks_first_and_last_layers_in_float(tiny_dir, cache):
-    engine = load_engine(tiny_dir, device="cpu", backend="openvino", precision="int8", cache_dir=cache)
+def test_int8_keeps_the_networks_first_and_last_layers_in_float(tiny_dir, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="nncf"):
+        engine = load_engine(tiny_dir, device="cpu", backend="openvino", precision="int8", cache_dir=tmp_path)
+    assert not [r for r in caplog.records if r.name.startswith("nncf") and r.levelno < logging.WARNING]
     engine.generate(PROMPT, seed=0, output_type="np")
     convs = {op.get_friendly_name(): q for op, q in _quantised(engine).items()}
     ends = {n: q for n, q in convs.items() if ".conv_in/" in n or ".conv_out/" in n}
