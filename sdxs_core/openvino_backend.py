@@ -74,7 +74,7 @@ CONTROL_CALIBRATION_MAPS = ("canny", "sketch", "grey", "blank")
 # converted graphs ("kinds") -> the engine network whose weights they hold, and back
 _WHICH = {"unet": "unet", "unet+control": "unet", "decoder": "decoder", "controlnet": "controlnet"}
 _KINDS = {w: tuple(k for k, v in _WHICH.items() if v == w) for w in set(_WHICH.values())}
-_FORMAT = 1  # bump when the layout of a cache entry changes
+_FORMAT = 2  # bump when the layout of a cache entry changes
 
 
 def available() -> bool:
@@ -400,8 +400,20 @@ class OpenVINOBackend:
 
         example = tuple(e.float() if e.is_floating_point() else e for e in example)
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracing notes on shape asserts: the shapes are pinned below
-            model = ov.convert_model(module, example_input=example)
+            warnings.simplefilter("ignore")  # export notes on shape guards: the shapes are pinned below
+            from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
+
+            batch = torch.export.Dim.AUTO  # exported at 2: a 1 would be specialised
+            batched = [len(d) > 0 and d[0] == -1 for d in shapes]
+            dims = [{0: batch} if b else None for b in batched]
+            if kind == "unet+control":  # forward(x, t, embeds, *residuals)
+                dims = dims[:3] + [tuple(dims[3:])]
+            program = torch.export.export(
+                module, tuple(torch.cat([e, e]) if b else e for e, b in zip(example, batched)), strict=False,
+                dynamic_shapes=tuple(dims))
+            graph = TorchFXPythonDecoder.from_exported_program(program)
+            model = ov.convert_model(graph)
+        _name_by_module(model, graph.pt_module.graph)
         model.reshape({model.inputs[i]: ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
         if self._stored(_WHICH[kind]) == "int8":
             model = self._quantise(engine, kind, model)
@@ -494,6 +506,24 @@ class OpenVINOBackend:
         down, mid = engine.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=cond.to(x.dtype),
                                       conditioning_scale=1.0, return_dict=False)
         return (mid, *down)
+
+
+def _name_by_module(model, graph) -> None:
+    """Prefix each op's name with the module it came from (``__module.unet.conv_in/...``), as a
+    TorchScript conversion names them: ``INT8_FLOAT_LAYERS`` and ``MIXED_FLOAT_LAYERS`` match these.
+
+    Why torch.export and not ``convert_model(module)``: that path traces with TorchScript, whose graphs
+    are never freed (about 50 MB per U-Net conversion on the bundled model, at every LoRA change)."""
+    modules = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            modules[node.name] = list(stack.values())[-1][0]
+    for op in model.get_ops():
+        name = op.get_friendly_name()
+        module = modules.get(name.split("/", 1)[0])
+        if module and "/" in name:
+            op.set_friendly_name(f"__module.{module}/{name}")
 
 
 def _end_convolutions(model) -> list[str]:
