@@ -397,21 +397,19 @@ class OpenVINOBackend:
 
     def _convert(self, engine, kind: str, module: torch.nn.Module, example: tuple, shapes: tuple):
         import openvino as ov
+        from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
 
         example = tuple(e.float() if e.is_floating_point() else e for e in example)
+        batched = [len(d) > 0 and d[0] == -1 for d in shapes]
+        dims = [{0: torch.export.Dim.AUTO} if b else None for b in batched]
+        if kind == "unet+control":  # forward(x, t, embeds, *residuals)
+            dims = dims[:3] + [tuple(dims[3:])]
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # export notes on shape guards: the shapes are pinned below
-            from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
-
-            batch = torch.export.Dim.AUTO  # exported at 2: a 1 would be specialised
-            batched = [len(d) > 0 and d[0] == -1 for d in shapes]
-            dims = [{0: batch} if b else None for b in batched]
-            if kind == "unet+control":  # forward(x, t, embeds, *residuals)
-                dims = dims[:3] + [tuple(dims[3:])]
-            program = torch.export.export(
+            program = torch.export.export(  # exported at batch 2: export would specialise a batch of 1
                 module, tuple(torch.cat([e, e]) if b else e for e, b in zip(example, batched)), strict=False,
                 dynamic_shapes=tuple(dims))
-            graph = TorchFXPythonDecoder.from_exported_program(program)
+            graph = TorchFXPythonDecoder.from_exported_program(program)  # the decomposed graph it converts
             model = ov.convert_model(graph)
         _name_by_module(model, graph.pt_module.graph)
         model.reshape({model.inputs[i]: ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
