@@ -396,6 +396,9 @@ class OpenVINOBackend:
             raise
 
     def _convert(self, engine, kind: str, module: torch.nn.Module, example: tuple, shapes: tuple):
+        """The module as an OpenVINO model, through ``torch.export``: ``convert_model(module)`` would
+        trace it with TorchScript, whose graphs are never freed (about 50 MB per conversion of the
+        bundled U-Net, at every LoRA change)."""
         import openvino as ov
         from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
 
@@ -508,10 +511,7 @@ class OpenVINOBackend:
 
 def _name_by_module(model, graph) -> None:
     """Prefix each op's name with the module it came from (``__module.unet.conv_in/...``), as a
-    TorchScript conversion names them: ``INT8_FLOAT_LAYERS`` and ``MIXED_FLOAT_LAYERS`` match these.
-
-    Why torch.export and not ``convert_model(module)``: that path traces with TorchScript, whose graphs
-    are never freed (about 50 MB per U-Net conversion on the bundled model, at every LoRA change)."""
+    TorchScript conversion names them: ``INT8_FLOAT_LAYERS`` and ``MIXED_FLOAT_LAYERS`` match these."""
     modules = {}
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack")
